@@ -1,0 +1,41 @@
+# Two commands: `make up` runs the whole system, `make test` runs every test.
+# Each creates .venv (Python 3.11+) and installs what it needs.
+SHELL := /bin/bash
+PY ?= $(shell for p in python3.11 python3.12 python3.13 python3; do \
+	$$p -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null && echo $$p && break; done)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: up test test-unit test-integration bench install clean compose-check
+
+$(BIN)/python:
+	@test -n "$(PY)" || { echo "Python 3.11 or newer is required (none found on PATH)"; exit 1; }
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[dev,test,bench]'
+	touch $@
+
+install: $(STAMP)
+
+up: $(STAMP)
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m config.up
+
+# Unit tests, then the integration and end-to-end suites once per broker.
+# The RabbitMQ run keeps the app's data in PostgreSQL, the Redis run in SQLite.
+test: $(STAMP)
+	$(BIN)/python -m pytest tests/unit
+	FLOODGATE_TEST_BROKER=redis $(BIN)/python -m pytest tests/integration
+	FLOODGATE_TEST_BROKER=amqp TEST_DATABASE=postgresql $(BIN)/python -m pytest tests/integration
+
+bench: $(STAMP)
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m bench.run_all
+
+compose-check:
+	RABBITMQ_USER=fg RABBITMQ_PASSWORD=check POSTGRES_PASSWORD=check \
+	FLOWER_BASIC_AUTH=admin:check docker-compose config --quiet
+
+clean:
+	rm -rf var

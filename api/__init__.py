@@ -1,0 +1,1 @@
+"""Floodgate's HTTP front door (FastAPI)."""

@@ -1,0 +1,52 @@
+"""The FastAPI app: ``uvicorn api.main:app``."""
+from __future__ import annotations
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from api.limits import BodySizeLimit
+from api.routes import aggregates, jobs, ops, posts, users
+from config.settings import get_settings
+from tasks.db import engine
+from tasks.errors import BrokerUnavailable, JobNotFound, NameTaken, QueueFull, UnknownUser
+
+settings = get_settings()
+app = FastAPI(
+    title="Floodgate",
+    summary="Background jobs with back pressure: a full queue answers 503 + Retry-After.",
+)
+app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+for module in (users, posts, jobs, aggregates, ops):
+    app.include_router(module.router)
+
+
+@app.on_event("startup")
+def _tables() -> None:
+    engine()  # creates missing tables; fails fast if the database is unreachable
+
+
+def _json(status: int, detail: str, headers: dict | None = None, **extra) -> JSONResponse:
+    return JSONResponse({"detail": detail, **extra}, status_code=status, headers=headers)
+
+
+@app.exception_handler(QueueFull)
+def _queue_full(_: Request, exc: QueueFull) -> JSONResponse:
+    return _json(503, str(exc), {"Retry-After": str(exc.retry_after_s)}, queue=exc.queue,
+                 depth=exc.depth, limit=exc.limit, retry_after_s=exc.retry_after_s)
+
+
+@app.exception_handler(BrokerUnavailable)
+def _broker_down(_: Request, exc: BrokerUnavailable) -> JSONResponse:
+    return _json(503, str(exc), {"Retry-After": str(exc.retry_after_s)}, queue=exc.queue,
+                 retry_after_s=exc.retry_after_s)
+
+
+@app.exception_handler(UnknownUser)
+@app.exception_handler(JobNotFound)
+def _not_found(_: Request, exc: Exception) -> JSONResponse:
+    return _json(404, str(exc))
+
+
+@app.exception_handler(NameTaken)
+def _conflict(_: Request, exc: NameTaken) -> JSONResponse:
+    return _json(409, str(exc))

@@ -1,0 +1,81 @@
+"""Request and response bodies. Unknown fields are refused, not ignored."""
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+
+from tasks.models import NAME_MAX, TEXT_MAX
+
+
+def _no_nul(value: str) -> str:
+    if "\x00" in value:
+        raise ValueError("must not contain NUL characters")
+    return value
+
+
+Name = Annotated[
+    str,
+    StringConstraints(pattern=r"^[A-Za-z0-9_.-]+$", min_length=1, max_length=NAME_MAX),
+    Field(description="letters, digits, '_', '.' or '-'"),
+]
+Text = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=TEXT_MAX, strip_whitespace=False),
+    AfterValidator(_no_nul),
+]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class UserIn(Strict):
+    name: Name
+
+
+class FollowIn(Strict):
+    follower: Name
+    followee: Name
+
+
+class PostIn(Strict):
+    author: Name
+    text: Text
+
+
+class PostAccepted(BaseModel):
+    post_id: int
+    job_id: str
+    status_url: str
+
+
+class TimelinePost(BaseModel):
+    post_id: int
+    author: str
+    text: str
+    created_at: str
+
+
+class Timeline(BaseModel):
+    user: str
+    posts: list[TimelinePost]
+
+
+class JobStatus(BaseModel):
+    job_id: str
+    state: str = Field(description="queued, running, succeeded or failed")
+    progress: dict
+    result: dict | None
+    error: str | None
+
+
+class Window(BaseModel):
+    window_start: str
+    window_end: str
+    posts: int
+    top_hashtags: list[tuple[str, int]]
+
+
+class Aggregates(BaseModel):
+    windows: list[Window]

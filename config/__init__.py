@@ -1,0 +1,4 @@
+"""Floodgate configuration; ``celery -A config`` finds the app here."""
+from config.celery_app import app
+
+__all__ = ("app",)

@@ -1,0 +1,125 @@
+"""One settings object, read from the environment, failing fast.
+
+Every value comes from an environment variable of the same name in upper case.
+A missing or malformed value stops the process at start with a sentence that
+names the variable; nothing runs half-configured.
+"""
+from __future__ import annotations
+
+import functools
+from urllib.parse import urlparse
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PLACEHOLDERS = {"changeme", "change-me", "password", "secret", "guest", "admin", ""}
+
+
+class ConfigError(SystemExit):
+    """A configuration value is missing or wrong; the message names the variable."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(extra="ignore", frozen=True)
+
+    broker_url: str = Field(description="redis://, rediss://, amqp:// or memory:// URL")
+    result_backend: str | None = Field(
+        default=None, description="Result backend URL; defaults to BROKER_URL when that is Redis"
+    )
+    database_url: str = Field(description="sqlite:/// or postgresql:// URL for the app's data")
+    meter_url: str | None = Field(
+        default=None,
+        description="Redis URL where workers record drain rates; defaults to the Redis broker "
+        "or, on RabbitMQ, to a Redis RESULT_BACKEND",
+    )
+    flower_basic_auth: str | None = Field(default=None, description="user:password for Flower")
+    api_port: int = Field(default=8000, ge=1, le=65535)
+    flower_port: int = Field(default=5555, ge=1, le=65535)
+    aggregation_interval_s: int = Field(default=60, ge=1, le=86400)
+    queue_limits: str = Field(
+        default="fanout=1000,aggregation=100,default=5000",
+        description="queue=length or queue=<seconds>s, comma separated",
+    )
+    fanout_chunk_size: int = Field(default=500, ge=1, le=100_000)
+    republish_after_s: int = Field(default=120, ge=10)
+    max_body_bytes: int = Field(default=64 * 1024, ge=1024)
+
+    @field_validator("broker_url", "result_backend", "meter_url", "database_url")
+    @classmethod
+    def _url_has_scheme(cls, value: str | None) -> str | None:
+        if value is not None and "://" not in value:
+            raise ValueError(f"{value!r} is not a URL (expected scheme://...)")
+        return value
+
+    @field_validator("flower_basic_auth")
+    @classmethod
+    def _auth_is_user_password(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        user, sep, password = value.partition(":")
+        if not sep or not user or password.lower() in PLACEHOLDERS:
+            raise ValueError("must be user:password with a real password (not a placeholder)")
+        return value
+
+    @field_validator("queue_limits")
+    @classmethod
+    def _limits_parse(cls, value: str) -> str:
+        from config.queues import parse_queue_limits  # checked here so a typo fails at start
+
+        parse_queue_limits(value)
+        return value
+
+    @model_validator(mode="after")
+    def _derived_urls(self) -> "Settings":
+        if self.result_backend is None and not _is_redis(self.broker_url):
+            if not self.broker_url.startswith("memory://"):
+                raise ValueError("RESULT_BACKEND must be set when BROKER_URL is not Redis")
+        return self
+
+    @property
+    def result_backend_url(self) -> str:
+        if self.result_backend:
+            return self.result_backend
+        if self.broker_url.startswith("memory://"):
+            return "cache+memory://"
+        return self.broker_url
+
+    @property
+    def meter_redis_url(self) -> str | None:
+        for url in (self.meter_url, self.broker_url, self.result_backend_url):
+            if url and _is_redis(url):
+                return url
+        return None
+
+    @property
+    def broker_kind(self) -> str:
+        """'redis', 'amqp' or 'memory': the broker family the guard adapts to."""
+        scheme = urlparse(self.broker_url).scheme
+        if scheme in ("redis", "rediss", "redis+socket"):
+            return "redis"
+        if scheme in ("amqp", "amqps", "pyamqp"):
+            return "amqp"
+        return scheme
+
+
+def _is_redis(url: str) -> bool:
+    return urlparse(url).scheme in ("redis", "rediss", "redis+socket")
+
+
+def _sentence(error: ValidationError) -> str:
+    lines = []
+    for item in error.errors():
+        name = "_".join(str(p) for p in item["loc"]).upper() or "configuration"
+        msg = item["msg"].removeprefix("Value error, ")
+        if item["type"] == "missing":
+            msg = "is required but not set"
+        lines.append(f"{name} {msg}" if name != "configuration" else msg)
+    return "Floodgate configuration error: " + "; ".join(lines) + "."
+
+
+@functools.cache
+def get_settings() -> Settings:
+    try:
+        return Settings()
+    except ValidationError as exc:
+        raise ConfigError(_sentence(exc)) from None

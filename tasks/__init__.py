@@ -1,0 +1,18 @@
+"""Floodgate's task layer: submission, the guard, tasks and the work they call."""
+from tasks.errors import (
+    BrokerUnavailable,
+    FloodgateError,
+    JobNotFound,
+    NameTaken,
+    QueueFull,
+    UnknownUser,
+)
+
+__all__ = (
+    "BrokerUnavailable",
+    "FloodgateError",
+    "JobNotFound",
+    "NameTaken",
+    "QueueFull",
+    "UnknownUser",
+)

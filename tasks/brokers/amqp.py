@@ -1,0 +1,37 @@
+"""RabbitMQ transport that turns a reject-publish nack into QueueFull.
+
+The queue's ``x-max-length`` with ``x-overflow: reject-publish`` (declared in
+:mod:`config.celeryconfig`) makes RabbitMQ itself refuse the message past the
+limit, atomically for every publisher; publisher confirms carry that refusal
+back. A lost connection stays a connection error: only a nack means full.
+"""
+from __future__ import annotations
+
+from amqp.exceptions import MessageNacked
+from kombu.transport import pyamqp
+
+from tasks import guard
+
+
+class Channel(pyamqp.Channel):
+    def basic_publish_confirm(self, *args, **kwargs):
+        routing_key = kwargs.get("routing_key", args[2] if len(args) > 2 else "")
+        try:
+            result = super().basic_publish_confirm(*args, **kwargs)
+        except MessageNacked:
+            limit = guard.limit_for(routing_key)
+            if limit is None:
+                raise
+            bound = guard.length_bound(limit)
+            raise guard.refuse(routing_key, bound, bound) from None
+        if guard.limit_for(routing_key) is not None:
+            guard.admitted(routing_key)
+        return result
+
+
+class Connection(pyamqp.Connection):
+    Channel = Channel
+
+
+class Transport(pyamqp.Transport):
+    Connection = Connection

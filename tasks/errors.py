@@ -1,0 +1,78 @@
+"""Floodgate's errors: one small tree, each carrying its data and the fix.
+
+    FloodgateError
+     ├── QueueFull            the queue is at its limit; retry after retry_after_s
+     ├── BrokerUnavailable    the broker did not accept the message in time
+     ├── JobNotFound          no job was ever issued with that id
+     ├── UnknownUser          a request named a user who does not exist
+     └── NameTaken            a user with this name already exists
+"""
+from __future__ import annotations
+
+
+class FloodgateError(Exception):
+    """Base of every error Floodgate raises on purpose."""
+
+
+class QueueFull(FloodgateError):
+    """A submission was refused because its queue is at its limit.
+
+    Nothing was enqueued. Retry after ``retry_after_s`` seconds, with jitter
+    (see :func:`tasks.client.submit_with_backoff`).
+    """
+
+    def __init__(self, queue: str, depth: int, limit: int, retry_after_s: int) -> None:
+        self.queue = queue
+        self.depth = depth
+        self.limit = limit
+        self.retry_after_s = retry_after_s
+        super().__init__(
+            f"queue {queue!r} is full ({depth}/{limit}); retry in {retry_after_s} s"
+        )
+
+    def __reduce__(self):  # survives pickling across processes and result backends
+        return (type(self), (self.queue, self.depth, self.limit, self.retry_after_s))
+
+
+class BrokerUnavailable(FloodgateError):
+    """The broker could not be reached or did not confirm in time.
+
+    Nothing was acknowledged as enqueued. Check the broker (``GET /healthz``),
+    then retry.
+    """
+
+    def __init__(self, queue: str, cause: str, retry_after_s: int = 5) -> None:
+        self.queue = queue
+        self.cause = cause
+        self.retry_after_s = retry_after_s
+        super().__init__(
+            f"broker unavailable while submitting to {queue!r}: {cause}; "
+            f"retry in {retry_after_s} s"
+        )
+
+    def __reduce__(self):
+        return (type(self), (self.queue, self.cause, self.retry_after_s))
+
+
+class JobNotFound(FloodgateError):
+    """No job with this id was ever issued (or its record was purged)."""
+
+    def __init__(self, job_id: str) -> None:
+        self.job_id = job_id
+        super().__init__(f"no job with id {job_id!r} was ever issued")
+
+
+class UnknownUser(FloodgateError):
+    """A request named a user who does not exist."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        super().__init__(f"unknown user {name!r}; create it first with POST /users")
+
+
+class NameTaken(FloodgateError):
+    """A user with this name already exists."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        super().__init__(f"user name {name!r} is already taken; choose another")

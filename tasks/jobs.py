@@ -1,0 +1,96 @@
+"""Job records: what the API reports and what the outbox sweeper re-publishes.
+
+A job's state only moves forward: queued -> running -> succeeded | failed.
+Progress is the count of finished chunks, so a redelivered chunk counts once.
+"""
+from __future__ import annotations
+
+import time
+
+from sqlalchemy import func, select, update
+
+from tasks.db import insert_ignore
+from tasks.errors import JobNotFound
+from tasks.models import job_chunks, jobs
+
+QUEUED, RUNNING, SUCCEEDED, FAILED = "queued", "running", "succeeded", "failed"
+FINAL = (SUCCEEDED, FAILED)
+
+
+def create_job(conn, job_id: str, kind: str, post_id: int | None = None) -> None:
+    now = time.time()
+    conn.execute(
+        jobs.insert().values(
+            id=job_id, kind=kind, post_id=post_id, state=QUEUED, created_at=now, updated_at=now
+        )
+    )
+
+
+def get_job(conn, job_id: str):
+    row = conn.execute(select(jobs).where(jobs.c.id == job_id)).first()
+    if row is None:
+        raise JobNotFound(job_id)
+    return row
+
+
+def start(conn, job_id: str, chunks_total: int) -> bool:
+    """Mark running with its chunk count; False if the job is already final."""
+    result = conn.execute(
+        update(jobs)
+        .where(jobs.c.id == job_id, jobs.c.state.not_in(FINAL))
+        .values(state=RUNNING, chunks_total=chunks_total, updated_at=time.time())
+    )
+    return result.rowcount == 1
+
+
+def lock(conn, job_id: str) -> None:
+    """Serialise chunk completions of one job, so the last one sees every other."""
+    conn.execute(select(jobs.c.id).where(jobs.c.id == job_id).with_for_update())
+
+
+def finish_chunk(conn, job_id: str, chunk_index: int, delivered: int) -> tuple[int, int]:
+    """Record one finished chunk; returns (chunks_done, chunks_total)."""
+    conn.execute(
+        insert_ignore(conn, job_chunks).values(
+            job_id=job_id, chunk_index=chunk_index, delivered=delivered
+        )
+    )
+    done = chunks_done(conn, job_id)
+    total = conn.execute(select(jobs.c.chunks_total).where(jobs.c.id == job_id)).scalar()
+    if total is not None and done >= total:
+        conn.execute(
+            update(jobs)
+            .where(jobs.c.id == job_id, jobs.c.state.not_in(FINAL))
+            .values(state=SUCCEEDED, updated_at=time.time())
+        )
+    return done, total or 0
+
+
+def chunks_done(conn, job_id: str) -> int:
+    return conn.execute(
+        select(func.count()).where(job_chunks.c.job_id == job_id)
+    ).scalar_one()
+
+
+def fail(conn, job_id: str, error: str) -> None:
+    conn.execute(
+        update(jobs)
+        .where(jobs.c.id == job_id, jobs.c.state.not_in(FINAL))
+        .values(state=FAILED, error=error, updated_at=time.time())
+    )
+
+
+def stale_queued(conn, older_than_s: float, limit: int = 500) -> list:
+    """Jobs accepted long ago that never started: their message may be lost."""
+    cutoff = time.time() - older_than_s
+    query = (
+        select(jobs.c.id, jobs.c.kind, jobs.c.post_id)
+        .where(jobs.c.state == QUEUED, jobs.c.updated_at < cutoff)
+        .order_by(jobs.c.created_at)
+        .limit(limit)
+    )
+    return list(conn.execute(query))
+
+
+def touch(conn, job_id: str) -> None:
+    conn.execute(update(jobs).where(jobs.c.id == job_id).values(updated_at=time.time()))

@@ -1,0 +1,67 @@
+"""Integration tests: real broker (FLOODGATE_TEST_BROKER=redis|amqp), real Redis results,
+SQLite or PostgreSQL (TEST_DATABASE=postgresql). Workers come from the
+pytest-celery plugin's ``celery_session_worker`` fixture, run on our own app."""
+import os
+import tempfile
+
+from tests import support
+
+_tmp = tempfile.mkdtemp(prefix="floodgate-it-")
+support.reset_namespace("main")
+support.reset_results()
+os.environ.update(
+    BROKER_URL=support.broker_url("main"),
+    RESULT_BACKEND=support.results_url(),
+    DATABASE_URL=support.database_url("floodgate_test", _tmp),
+    QUEUE_LIMITS="fanout=200,aggregation=50,default=5000",
+    FANOUT_CHUNK_SIZE="50",
+    FLOWER_BASIC_AUTH="admin:integration-pass",
+)
+os.environ.pop("METER_URL", None)
+# celery.contrib.testing reads TEST_BROKER as a broker URL; ours is FLOODGATE_TEST_BROKER.
+os.environ.pop("TEST_BROKER", None)
+
+import pytest  # noqa: E402
+from celery import Celery  # noqa: E402
+from fastapi.testclient import TestClient  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def celery_session_app():
+    from config import app
+
+    return app
+
+
+@pytest.fixture(scope="session")
+def celery_includes():
+    return ["celery.contrib.testing.tasks", "tasks.fanout", "scheduler.tasks"]
+
+
+@pytest.fixture(scope="session")
+def celery_worker_pool():
+    return "threads"
+
+
+@pytest.fixture(scope="session")
+def celery_worker_parameters():
+    return {"concurrency": 4, "shutdown_timeout": 30}
+
+
+@pytest.fixture(scope="session")
+def api(celery_session_worker):
+    from api.main import app
+
+    with TestClient(app) as client:
+        yield client
+
+
+@pytest.fixture
+def idle_app():
+    """Our Celery config on a broker namespace of its own that no worker consumes."""
+    support.reset_namespace("guard")
+    app = Celery("floodgate-idle", set_as_current=False)
+    app.config_from_object("config.celeryconfig")
+    app.conf.broker_url = support.broker_url("guard")
+    yield app
+    app.close()

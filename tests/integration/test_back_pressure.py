@@ -1,0 +1,139 @@
+"""Bounded queues: exact limits under concurrency, honest refusals, computed Retry-After."""
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import redis
+
+from config.queues import drained_key, ticket_key
+from tasks import QueueFull, guard
+from tasks.meter import meter_client
+from tasks.models import posts, timeline_entries
+from tests.integration.helpers import count, make_following
+
+LIMIT = 200  # QUEUE_LIMITS in conftest: fanout=200
+FANOUT = "tasks.fanout.fanout_post"
+
+
+def depth(app, queue="fanout") -> int:
+    with app.connection_for_write() as conn:
+        return conn.default_channel.queue_declare(queue, passive=True).message_count
+
+
+def fill(app, n: int) -> None:
+    for _ in range(n):
+        app.send_task(FANOUT, args=("00000000-0000-0000-0000-000000000000", 0))
+
+
+def set_drain_rate(queue: str, per_s: float) -> None:
+    """Inject a measured drain rate, as workers would have recorded it."""
+    import time
+
+    client = meter_client()
+    now = int(time.time())
+    with client.pipeline() as pipe:
+        for s in range(now - 10, now + 2):
+            pipe.set(drained_key(queue, s), int(per_s), ex=60)
+        pipe.delete(ticket_key(queue))
+        pipe.execute()
+    guard._rate_cache.clear()
+
+
+def test_the_limit_is_exact_with_many_concurrent_submitters(idle_app):
+    def submit(_):
+        try:
+            idle_app.send_task(FANOUT, args=("00000000-0000-0000-0000-000000000000", 0))
+            return "accepted"
+        except QueueFull as full:
+            assert (full.queue, full.limit) == ("fanout", LIMIT)
+            return "refused"
+
+    with ThreadPoolExecutor(max_workers=24) as pool:
+        outcomes = list(pool.map(submit, range(3 * LIMIT)))
+    assert outcomes.count("accepted") == LIMIT
+    assert outcomes.count("refused") == 2 * LIMIT
+    assert depth(idle_app) == LIMIT
+
+
+def test_a_refusal_is_raised_by_delay_apply_async_and_canvas_alike(idle_app):
+    from celery import group
+
+    fill(idle_app, LIMIT)
+    sig = idle_app.signature(FANOUT, args=("00000000-0000-0000-0000-000000000000", 0))
+    for submit in (sig.delay, sig.apply_async, lambda: group([sig, sig]).apply_async()):
+        with pytest.raises(QueueFull, match=r"queue 'fanout' is full \(200/200\); retry in \d+ s"):
+            submit()
+    assert depth(idle_app) == LIMIT
+
+
+def test_retry_after_comes_from_the_drain_rate_and_halves_when_it_doubles(idle_app):
+    fill(idle_app, LIMIT)
+
+    def last_retry_after(refusals: int) -> int:
+        hint = None
+        for _ in range(refusals):
+            with pytest.raises(QueueFull) as info:
+                fill(idle_app, 1)
+            hint = info.value.retry_after_s
+        return hint
+
+    set_drain_rate("fanout", 10)
+    slow = last_retry_after(100)   # the 100th refused caller waits ~100 / 10 s
+    set_drain_rate("fanout", 20)
+    fast = last_retry_after(100)   # ... and ~100 / 20 s when the queue drains twice as fast
+    assert 9 <= slow <= 12 and 4 <= fast <= 6, (slow, fast)
+
+
+def test_a_full_queue_answers_503_with_retry_after_and_writes_nothing(api, idle_app, monkeypatch):
+    import tasks.submit
+
+    author, fans = make_following(api, followers=2)
+    monkeypatch.setattr(tasks.submit, "app", idle_app)  # the API's broker now has no consumer
+    fill(idle_app, LIMIT)
+    before = count(posts), count(timeline_entries)
+
+    response = api.post("/posts", json={"author": author, "text": "refused"})
+
+    assert response.status_code == 503
+    assert int(response.headers["Retry-After"]) >= 1
+    assert response.json()["queue"] == "fanout" and "is full" in response.json()["detail"]
+    assert (count(posts), count(timeline_entries)) == before
+    assert api.get(f"/timelines/{author}").json()["posts"] == []
+    assert depth(idle_app) == LIMIT
+
+
+def test_an_accepted_post_survives_a_broker_that_loses_its_message(api, idle_app, monkeypatch):
+    import tasks.submit
+    from scheduler.tasks import republish_stale_jobs
+    from sqlalchemy import update
+    from tasks.db import engine
+    from tasks.models import jobs
+
+    author, fans = make_following(api, followers=3)
+    with monkeypatch.context() as patch:
+        patch.setattr(tasks.submit, "app", idle_app)
+        body = api.post("/posts", json={"author": author, "text": "survives"}).json()
+    with idle_app.connection_for_write() as conn:  # the broker loses the message
+        conn.default_channel.queue_purge("fanout")
+    with engine().begin() as conn:  # ... and the sweep's patience runs out
+        conn.execute(update(jobs).where(jobs.c.id == body["job_id"]).values(updated_at=0))
+
+    assert republish_stale_jobs.delay().get(timeout=30) >= 1
+
+    from tests.integration.helpers import wait_for
+
+    wait_for(lambda: api.get(body["status_url"]).json()["state"] == "succeeded")
+    for fan in fans:
+        assert [p["post_id"] for p in api.get(f"/timelines/{fan}").json()["posts"]] == [body["post_id"]]
+
+
+def test_the_meter_records_what_workers_drain(api):
+    author, _ = make_following(api, followers=0)
+    client: redis.Redis = meter_client()
+    import time
+
+    for _ in range(5):
+        api.post("/posts", json={"author": author, "text": "drain"})
+    time.sleep(2.5)  # one flush interval and a bit
+    now = int(time.time())
+    drained = sum(int(v or 0) for v in client.mget([drained_key("fanout", s) for s in range(now - 5, now + 1)]))
+    assert drained >= 5

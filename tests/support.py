@@ -1,0 +1,69 @@
+"""Namespaces the tests own on the shared servers, and helpers to reset only those.
+
+Redis databases 12-15 and the RabbitMQ vhosts named here are Floodgate's test
+namespaces; nothing else on the shared servers is touched.
+"""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+
+import psycopg
+import redis
+
+REDIS = "redis://127.0.0.1:6379"
+AMQP = "amqp://guest:guest@127.0.0.1:5672"
+PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/test"
+PG = "postgresql+psycopg://postgres@127.0.0.1:5432"
+
+# name -> (redis db for the broker, rabbitmq vhost)
+NAMESPACES = {"main": (12, "floodgate_test"), "guard": (14, "floodgate_guard"),
+              "e2e": (15, "floodgate_e2e")}
+RESULTS_DB = 13
+
+
+def broker_kind() -> str:
+    kind = os.environ.get("FLOODGATE_TEST_BROKER", "redis")
+    if kind not in ("redis", "amqp"):
+        raise SystemExit(f"FLOODGATE_TEST_BROKER must be 'redis' or 'amqp', not {kind!r}")
+    return kind
+
+
+def broker_url(namespace: str) -> str:
+    db, vhost = NAMESPACES[namespace]
+    return f"{REDIS}/{db}" if broker_kind() == "redis" else f"{AMQP}/{vhost}"
+
+
+def results_url() -> str:
+    return f"{REDIS}/{RESULTS_DB}"
+
+
+def reset_namespace(namespace: str) -> None:
+    db, vhost = NAMESPACES[namespace]
+    redis.Redis.from_url(f"{REDIS}/{db}").flushdb()
+    if broker_kind() == "amqp":
+        subprocess.run(["rabbitmqctl", "-q", "delete_vhost", vhost], capture_output=True)
+        subprocess.run(["rabbitmqctl", "-q", "add_vhost", vhost], check=True, capture_output=True)
+        subprocess.run(["rabbitmqctl", "-q", "set_permissions", "-p", vhost, "guest",
+                        ".*", ".*", ".*"], check=True, capture_output=True)
+
+
+def reset_results() -> None:
+    redis.Redis.from_url(results_url()).flushdb()
+
+
+def database_url(name: str, tmp_dir: str) -> str:
+    """A fresh database of our own: PostgreSQL if TEST_DATABASE says so, else SQLite."""
+    if os.environ.get("TEST_DATABASE") == "postgresql":
+        with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            conn.execute(f'CREATE DATABASE "{name}"')
+        return f"{PG}/{name}"
+    return f"sqlite:///{tmp_dir}/{name}.db"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

@@ -1,0 +1,62 @@
+"""The backoff helper: bounded attempts and time, never sooner than Retry-After."""
+import time
+
+import httpx
+import pytest
+
+from tasks import QueueFull
+from tasks.client import call_with_backoff, post_with_backoff
+
+
+class Refuser:
+    def __init__(self, refusals: int, retry_after_s: int = 0):
+        self.calls, self.refusals, self.retry_after_s = [], refusals, retry_after_s
+
+    def __call__(self):
+        self.calls.append(time.monotonic())
+        if len(self.calls) <= self.refusals:
+            raise QueueFull("fanout", 10, 10, self.retry_after_s)
+        return "accepted"
+
+
+def test_it_returns_once_admitted_and_waits_at_least_retry_after_between_calls():
+    fn = Refuser(refusals=2, retry_after_s=1)
+    assert call_with_backoff(fn, hint_jitter=0.1) == "accepted"
+    gaps = [b - a for a, b in zip(fn.calls, fn.calls[1:])]
+    assert len(gaps) == 2
+    assert all(1.0 <= gap <= 1.1 + 0.3 for gap in gaps), gaps
+
+
+def test_attempts_are_bounded_and_the_last_refusal_is_raised():
+    fn = Refuser(refusals=100)
+    with pytest.raises(QueueFull):
+        call_with_backoff(fn, max_attempts=4, base_s=0.01, cap_s=0.02)
+    assert len(fn.calls) == 4
+
+
+def test_total_time_is_bounded():
+    fn = Refuser(refusals=100, retry_after_s=1)
+    start = time.monotonic()
+    with pytest.raises(QueueFull):
+        call_with_backoff(fn, max_attempts=100, max_total_s=1.5, hint_jitter=0)
+    elapsed = time.monotonic() - start
+    assert 1.5 <= elapsed < 3.2 and len(fn.calls) <= 3
+
+
+def test_full_jitter_backoff_stays_under_its_cap():
+    waits = []
+    fn = Refuser(refusals=6)
+    call_with_backoff(fn, max_attempts=10, base_s=0.05, cap_s=0.1, sleep=waits.append)
+    assert len(waits) == 6 and all(0 <= w <= 0.1 for w in waits)
+    assert len(set(waits)) > 1  # jittered, not constant
+
+
+def test_http_503_is_retried_as_the_header_says_and_other_answers_return():
+    answers = iter([httpx.Response(503, headers={"Retry-After": "2"}), httpx.Response(202)])
+    waits = []
+    transport = httpx.MockTransport(lambda request: next(answers))
+    with httpx.Client(transport=transport, base_url="http://floodgate") as client:
+        response = post_with_backoff(client, "/posts", {"author": "a", "text": "t"},
+                                     sleep=waits.append, hint_jitter=0.5)
+    assert response.status_code == 202
+    assert len(waits) == 1 and 2.0 <= waits[0] <= 3.0
