@@ -5,11 +5,29 @@ import os
 import sys
 
 from celery import Celery
+from celery.signals import celeryd_init
 
+from config.queues import PREFETCH, QUEUES
 from config.settings import ConfigError, get_settings
 
-app = Celery("floodgate", include=["tasks.fanout", "tasks.signals", "scheduler.tasks"])
+app = Celery(
+    "floodgate",
+    task_cls="tasks.base:FloodgateTask",
+    include=["tasks.fanout", "tasks.signals", "scheduler.tasks"],
+)
 app.config_from_object("config.celeryconfig")
+
+
+@celeryd_init.connect
+def _prefetch_for_queues(conf=None, options=None, **_):
+    """Set the prefetch multiplier from the queues this worker consumes (-Q)."""
+    options = options or {}
+    if options.get("prefetch_multiplier") not in (None, 1) or conf is None:
+        return  # the operator chose one on the command line
+    queues = options.get("queues") or QUEUES
+    if isinstance(queues, str):
+        queues = queues.split(",")
+    conf.worker_prefetch_multiplier = min(PREFETCH.get(q.strip(), 1) for q in queues)
 
 
 def _secure_flower() -> None:

@@ -9,7 +9,7 @@ from datetime import timedelta
 
 from kombu import Exchange, Queue
 
-from config.queues import MAX_LENGTH, QUEUES, ROUTES, parse_queue_limits
+from config.queues import MAX_LENGTH, QUEUES, ROUTES, TIME_LIMITS_S, parse_queue_limits
 from config.settings import get_settings
 
 _s = get_settings()
@@ -65,17 +65,32 @@ result_accept_content = ["json"]
 task_serializer = "json"
 result_serializer = "json"
 
-# Publisher confirms: a publish returns only once RabbitMQ has the message, and a
-# full queue (reject-publish) nacks it instead of silently dropping the oldest.
-# Ignored by Redis. https://docs.celeryq.dev/en/stable/userguide/configuration.html#broker-transport-options
-broker_transport_options = {"confirm_publish": True} if _s.broker_kind == "amqp" else {}
+# RabbitMQ: publisher confirms, so a publish returns only once the broker has the
+# message, and a full queue (reject-publish) nacks it instead of dropping the oldest.
+# Redis: the visibility timeout, after which an unacked message is redelivered; it
+# exceeds every task's hard time limit (checked in config.settings), and the
+# guarded transport refuses a countdown or ETA beyond it.
+# https://docs.celeryq.dev/en/stable/userguide/configuration.html#broker-transport-options
+# https://docs.celeryq.dev/en/stable/getting-started/backends-and-brokers/redis.html#visibility-timeout
+broker_transport_options = {
+    "amqp": {"confirm_publish": True},
+    "redis": {
+        "visibility_timeout": _s.visibility_timeout_s,
+        "socket_connect_timeout": _s.publish_timeout_s,
+    },
+}.get(_s.broker_kind, {})
 
 # Ack after the task ran, so a worker that dies mid-task leaves the message to be redelivered.
 # https://docs.celeryq.dev/en/stable/userguide/configuration.html#task-acks-late
 task_acks_late = True
-# Reserve one message per process: a long task never sits behind a prefetched backlog.
+# Prefetch is set per queue (config.queues.PREFETCH): a worker takes the smallest
+# multiplier of the queues it consumes (config.celery_app applies it at start).
 # https://docs.celeryq.dev/en/stable/userguide/configuration.html#worker-prefetch-multiplier
 worker_prefetch_multiplier = 1
+# A child killed mid-task (OOM, segfault) fails the task instead of requeueing it
+# forever; a redelivery after the whole worker died is bounded by FloodgateTask.
+# https://docs.celeryq.dev/en/stable/userguide/configuration.html#task-reject-on-worker-lost
+task_reject_on_worker_lost = False
 # Report 'running' in the result backend (the API maps STARTED to running).
 # https://docs.celeryq.dev/en/stable/userguide/configuration.html#task-track-started
 task_track_started = True
@@ -83,8 +98,15 @@ task_track_started = True
 result_expires = timedelta(days=1)
 # Time limits so a stuck task cannot hold a worker forever; tasks may lower them.
 # https://docs.celeryq.dev/en/stable/userguide/configuration.html#task-time-limit
-task_soft_time_limit = 240
-task_time_limit = 300
+task_soft_time_limit = _s.task_soft_time_limit_s
+task_time_limit = _s.task_time_limit_s
+# Per-task limits from config.queues, never above the global ones.
+# https://docs.celeryq.dev/en/stable/userguide/configuration.html#task-annotations
+task_annotations = {
+    name: {"soft_time_limit": min(soft, task_soft_time_limit),
+           "time_limit": min(hard, task_time_limit)}
+    for name, (soft, hard) in TIME_LIMITS_S.items()
+}
 
 # Events let Flower list every task; the sent event shows tasks still queued.
 # https://docs.celeryq.dev/en/stable/userguide/configuration.html#worker-send-task-events

@@ -22,6 +22,18 @@ ROUTES = {
     "scheduler.tasks.republish_stale_jobs": DEFAULT,
 }
 
+#: Prefetch multiplier per queue: short tasks batch, long ones take one at a time.
+#: A worker consuming several queues takes the smallest.
+PREFETCH = {FANOUT: 8, AGGREGATION: 1, DEFAULT: 4}
+
+#: (soft, hard) time limits in seconds per task; TASK_TIME_LIMIT_S caps them all.
+TIME_LIMITS_S = {
+    "tasks.fanout.fanout_post": (60, 90),
+    "tasks.fanout.deliver_chunk": (60, 90),
+    "scheduler.tasks.aggregate_closed_window": (120, 150),
+    "scheduler.tasks.republish_stale_jobs": (60, 90),
+}
+
 #: Hard ceiling on any queue, also the RabbitMQ x-max-length of a wait-limited queue.
 MAX_LENGTH = 1_000_000
 #: Until a drain rate is measured, a wait-limited queue admits this many.

@@ -43,6 +43,14 @@ class Settings(BaseSettings):
     fanout_chunk_size: int = Field(default=500, ge=1, le=100_000)
     republish_after_s: int = Field(default=120, ge=10)
     max_body_bytes: int = Field(default=64 * 1024, ge=1024)
+    task_soft_time_limit_s: int = Field(default=240, ge=1)
+    task_time_limit_s: int = Field(default=300, ge=2)
+    redis_visibility_timeout_s: int | None = Field(
+        default=None, ge=10,
+        description="defaults to 2 x TASK_TIME_LIMIT_S; must exceed it",
+    )
+    publish_timeout_s: float = Field(default=1.0, gt=0, le=30)
+    max_redeliveries: int = Field(default=3, ge=0, le=100)
 
     @field_validator("broker_url", "result_backend", "meter_url", "database_url")
     @classmethod
@@ -68,6 +76,31 @@ class Settings(BaseSettings):
 
         parse_queue_limits(value)
         return value
+
+    @model_validator(mode="after")
+    def _limits_fit_the_broker(self) -> "Settings":
+        if self.task_soft_time_limit_s >= self.task_time_limit_s:
+            raise ValueError("TASK_SOFT_TIME_LIMIT_S must be below TASK_TIME_LIMIT_S")
+        if self.visibility_timeout_s <= self.task_time_limit_s:
+            raise ValueError(
+                f"REDIS_VISIBILITY_TIMEOUT_S ({self.visibility_timeout_s}) must exceed "
+                f"TASK_TIME_LIMIT_S ({self.task_time_limit_s}), or Redis redelivers a task "
+                "that is still running and it runs twice"
+            )
+        if self.broker_kind == "amqp":
+            from config.queues import parse_queue_limits
+
+            waits = [l.queue for l in parse_queue_limits(self.queue_limits).values() if l.wait_s]
+            if waits:
+                raise ValueError(
+                    f"QUEUE_LIMITS gives wait limits for {', '.join(waits)}, which need the Redis "
+                    "broker; on RabbitMQ give a length (the broker enforces it exactly)"
+                )
+        return self
+
+    @property
+    def visibility_timeout_s(self) -> int:
+        return self.redis_visibility_timeout_s or 2 * self.task_time_limit_s
 
     @model_validator(mode="after")
     def _derived_urls(self) -> "Settings":

@@ -16,8 +16,7 @@ from tasks.submit import submit
 log = get_task_logger(__name__)
 
 
-@app.task(name="scheduler.tasks.aggregate_closed_window", acks_late=True,
-          soft_time_limit=120, time_limit=150, max_retries=3)
+@app.task(name="scheduler.tasks.aggregate_closed_window", acks_late=True)
 def aggregate_closed_window(now: float | None = None) -> list[dict]:
     windows = closed_windows(now or time.time(), get_settings().aggregation_interval_s)
     with engine().begin() as conn:
@@ -25,8 +24,7 @@ def aggregate_closed_window(now: float | None = None) -> list[dict]:
     return [{"window_start": r["window_start"], "posts": r["posts"]} for r in rows]
 
 
-@app.task(name="scheduler.tasks.republish_stale_jobs", acks_late=True,
-          soft_time_limit=60, time_limit=90)
+@app.task(name="scheduler.tasks.republish_stale_jobs", acks_late=True)
 def republish_stale_jobs() -> int:
     """The outbox sweep: re-send accepted jobs whose message never started.
 

@@ -5,7 +5,7 @@
      ├── BrokerUnavailable    the broker did not accept the message in time
      ├── JobNotFound          no job was ever issued with that id
      ├── UnknownUser          a request named a user who does not exist
-     └── NameTaken            a user with this name already exists
+     ├── NameTaken            a user with this name already exists
 """
 from __future__ import annotations
 
@@ -76,3 +76,26 @@ class NameTaken(FloodgateError):
     def __init__(self, name: str) -> None:
         self.name = name
         super().__init__(f"user name {name!r} is already taken; choose another")
+
+
+class EtaTooFar(FloodgateError):
+    """A countdown or ETA longer than the Redis visibility timeout: it would run twice."""
+
+    def __init__(self, queue: str, delay_s: float, visibility_timeout_s: int) -> None:
+        self.queue, self.delay_s, self.visibility_timeout_s = queue, delay_s, visibility_timeout_s
+        super().__init__(
+            f"a countdown of {delay_s:.0f} s on {queue!r} exceeds the Redis visibility timeout "
+            f"({visibility_timeout_s} s), so the task would be delivered twice; use a shorter "
+            "countdown, a beat schedule, or raise REDIS_VISIBILITY_TIMEOUT_S"
+        )
+
+
+class TooManyDeliveries(FloodgateError):
+    """A message kept coming back after its worker died: treated as poison and failed."""
+
+    def __init__(self, task_name: str, deliveries: int) -> None:
+        self.task_name, self.deliveries = task_name, deliveries
+        super().__init__(
+            f"{task_name} was delivered {deliveries} times and its worker died each time; "
+            "failing it instead of looping (raise MAX_REDELIVERIES to allow more)"
+        )

@@ -7,7 +7,7 @@ distinct chunks, so redelivery and duplicates change nothing.
 """
 from __future__ import annotations
 
-from celery import Task, group
+from celery import group
 from celery.utils.log import get_task_logger
 from sqlalchemy.exc import OperationalError as DBOperationalError
 
@@ -15,6 +15,7 @@ from config import app
 from config.settings import get_settings
 from tasks import jobs
 from tasks.db import engine
+from tasks.base import FloodgateTask
 from tasks.errors import QueueFull
 from tasks.timeline import chunked, deliver, follower_ids, post_row
 
@@ -25,7 +26,7 @@ class PostNotVisible(Exception):
     """The post's transaction has not committed yet (or was rolled back)."""
 
 
-class JobTask(Task):
+class JobTask(FloodgateTask):
     """Marks the job failed, with a sanitised error, once retries are exhausted."""
 
     #: Database hiccups are retried with exponential backoff and jitter.
@@ -35,8 +36,6 @@ class JobTask(Task):
     retry_jitter = True
     max_retries = 5
     acks_late = True
-    soft_time_limit = 60
-    time_limit = 90
 
     def on_failure(self, exc, task_id, args, kwargs, einfo):
         job_id = kwargs.get("job_id") or (args[0] if args else None)

@@ -10,12 +10,16 @@ from __future__ import annotations
 from amqp.exceptions import MessageNacked
 from kombu.transport import pyamqp
 
+from config.settings import get_settings
 from tasks import guard
 
 
 class Channel(pyamqp.Channel):
     def basic_publish_confirm(self, *args, **kwargs):
         routing_key = kwargs.get("routing_key", args[2] if len(args) > 2 else "")
+        # A blocked broker (memory or disk alarm) never confirms: time out instead of hanging.
+        if not kwargs.get("confirm_timeout"):
+            kwargs["confirm_timeout"] = get_settings().publish_timeout_s
         try:
             result = super().basic_publish_confirm(*args, **kwargs)
         except MessageNacked:

@@ -1,0 +1,90 @@
+"""End to end: API, worker, beat and Flower as subprocesses, driven over HTTP."""
+import os
+import time
+import uuid
+
+import httpx
+import pytest
+
+from tests import processes, support
+
+pytestmark = pytest.mark.e2e
+FLOWER_AUTH = ("admin", "e2e-flower-pass")
+
+
+@pytest.fixture(scope="module")
+def system(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("e2e")
+    support.reset_namespace("e2e")
+    api_port, flower_port = support.free_port(), support.free_port()
+    env = {
+        **os.environ,
+        "BROKER_URL": support.broker_url("e2e"),
+        "RESULT_BACKEND": support.results_url(),
+        "DATABASE_URL": support.database_url("floodgate_e2e", str(tmp)),
+        "AGGREGATION_INTERVAL_S": "2",
+        "FANOUT_CHUNK_SIZE": "10",
+        "FLOWER_BASIC_AUTH": ":".join(FLOWER_AUTH),
+        "FLOWER_PORT": str(flower_port),
+    }
+    parts = [
+        processes.api(env, tmp, api_port),
+        processes.worker(env, tmp),
+        processes.beat(env, tmp, tmp / "beat-schedule"),
+        processes.flower(env, tmp),
+    ]
+    base = f"http://127.0.0.1:{api_port}"
+    try:
+        processes.wait_http(f"{base}/healthz")
+        yield {"api": base, "flower": f"http://127.0.0.1:{flower_port}", "parts": parts}
+    finally:
+        for part in parts:
+            part.stop()
+
+
+def test_users_follows_a_post_and_its_job_reach_every_follower_once(system):
+    with httpx.Client(base_url=system["api"], timeout=10) as http:
+        tag = uuid.uuid4().hex[:6]
+        author = f"author-{tag}"
+        assert http.post("/users", json={"name": author}).status_code == 201
+        fans = [f"fan{i}-{tag}" for i in range(25)]  # three chunks of 10
+        for fan in fans:
+            assert http.post("/users", json={"name": fan}).status_code == 201
+            assert http.post("/follows", json={"follower": fan, "followee": author}).status_code == 201
+
+        accepted = http.post("/posts", json={"author": author, "text": "e2e #ship #ship2"})
+        assert accepted.status_code == 202
+        body = accepted.json()
+        assert accepted.headers["location"] == body["status_url"]
+
+        deadline = time.monotonic() + 60
+        while (job := http.get(body["status_url"]).json())["state"] != "succeeded":
+            assert job["state"] in ("queued", "running") and time.monotonic() < deadline, job
+            time.sleep(0.3)
+        assert job["progress"] == {"chunks_done": 3, "chunks_total": 3}
+
+        for fan in fans:
+            ids = [p["post_id"] for p in http.get(f"/timelines/{fan}").json()["posts"]]
+            assert ids.count(body["post_id"]) == 1
+
+        # beat aggregates every 2 s; the window holding the post shows up on its own
+        deadline = time.monotonic() + 30
+        while not any(["#ship", 1] in w["top_hashtags"]
+                      for w in http.get("/aggregates").json()["windows"]):
+            assert time.monotonic() < deadline, "beat never aggregated the post's window"
+            time.sleep(0.5)
+    system["job_id"] = body["job_id"]
+
+
+def test_flower_demands_credentials_and_lists_the_tasks_that_ran(system):
+    flower = system["flower"]
+    processes.wait_http(f"{flower}/healthcheck")
+    for path in ("/", "/tasks", "/api/workers", "/api/tasks"):
+        assert httpx.get(flower + path, timeout=5).status_code == 401, path
+        assert httpx.get(flower + path, auth=("admin", "wrong"), timeout=5).status_code == 401
+    job_id = system.get("job_id")
+    assert job_id, "the flow test must run first"
+    deadline = time.monotonic() + 30
+    while job_id not in httpx.get(f"{flower}/api/tasks", auth=FLOWER_AUTH, timeout=5).json():
+        assert time.monotonic() < deadline, "Flower never saw the fan-out task"
+        time.sleep(0.5)
