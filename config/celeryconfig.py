@@ -77,6 +77,10 @@ broker_transport_options = {
     "redis": {
         "visibility_timeout": _s.visibility_timeout_s,
         "socket_connect_timeout": _s.publish_timeout_s,
+        # kombu sweeps for abandoned messages every interval x throttle seconds,
+        # 10 x 10 = 100 s by default; sweep every few seconds instead (one ZRANGE).
+        "unacked_restore_interval": max(1, min(10, _s.visibility_timeout_s // 4)),
+        "unacked_restore_throttle": 1,
     },
 }.get(_s.broker_kind, {})
 

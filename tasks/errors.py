@@ -11,7 +11,16 @@ from __future__ import annotations
 
 
 class FloodgateError(Exception):
-    """Base of every error Floodgate raises on purpose."""
+    """Base of every error Floodgate raises on purpose.
+
+    ``args`` hold the data, so an error rebuilt as ``cls(*args)`` (pickle, or
+    Celery's result backend) is whole again; ``str()`` gives the sentence.
+    """
+
+    message = ""
+
+    def __str__(self) -> str:
+        return self.message or super().__str__()
 
 
 class QueueFull(FloodgateError):
@@ -26,12 +35,8 @@ class QueueFull(FloodgateError):
         self.depth = depth
         self.limit = limit
         self.retry_after_s = retry_after_s
-        super().__init__(
-            f"queue {queue!r} is full ({depth}/{limit}); retry in {retry_after_s} s"
-        )
-
-    def __reduce__(self):  # survives pickling across processes and result backends
-        return (type(self), (self.queue, self.depth, self.limit, self.retry_after_s))
+        self.message = f"queue {queue!r} is full ({depth}/{limit}); retry in {retry_after_s} s"
+        super().__init__(queue, depth, limit, retry_after_s)
 
 
 class BrokerUnavailable(FloodgateError):
@@ -45,13 +50,9 @@ class BrokerUnavailable(FloodgateError):
         self.queue = queue
         self.cause = cause
         self.retry_after_s = retry_after_s
-        super().__init__(
-            f"broker unavailable while submitting to {queue!r}: {cause}; "
-            f"retry in {retry_after_s} s"
-        )
-
-    def __reduce__(self):
-        return (type(self), (self.queue, self.cause, self.retry_after_s))
+        self.message = (f"broker unavailable while submitting to {queue!r}: {cause}; "
+                        f"retry in {retry_after_s} s")
+        super().__init__(queue, cause, retry_after_s)
 
 
 class JobNotFound(FloodgateError):
@@ -59,7 +60,8 @@ class JobNotFound(FloodgateError):
 
     def __init__(self, job_id: str) -> None:
         self.job_id = job_id
-        super().__init__(f"no job with id {job_id!r} was ever issued")
+        self.message = f"no job with id {job_id!r} was ever issued"
+        super().__init__(job_id)
 
 
 class UnknownUser(FloodgateError):
@@ -67,7 +69,8 @@ class UnknownUser(FloodgateError):
 
     def __init__(self, name: str) -> None:
         self.name = name
-        super().__init__(f"unknown user {name!r}; create it first with POST /users")
+        self.message = f"unknown user {name!r}; create it first with POST /users"
+        super().__init__(name)
 
 
 class NameTaken(FloodgateError):
@@ -75,7 +78,8 @@ class NameTaken(FloodgateError):
 
     def __init__(self, name: str) -> None:
         self.name = name
-        super().__init__(f"user name {name!r} is already taken; choose another")
+        self.message = f"user name {name!r} is already taken; choose another"
+        super().__init__(name)
 
 
 class EtaTooFar(FloodgateError):
@@ -83,7 +87,8 @@ class EtaTooFar(FloodgateError):
 
     def __init__(self, queue: str, delay_s: float, visibility_timeout_s: int) -> None:
         self.queue, self.delay_s, self.visibility_timeout_s = queue, delay_s, visibility_timeout_s
-        super().__init__(
+        super().__init__(queue, delay_s, visibility_timeout_s)
+        self.message = (
             f"a countdown of {delay_s:.0f} s on {queue!r} exceeds the Redis visibility timeout "
             f"({visibility_timeout_s} s), so the task would be delivered twice; use a shorter "
             "countdown, a beat schedule, or raise REDIS_VISIBILITY_TIMEOUT_S"
@@ -95,7 +100,8 @@ class TooManyDeliveries(FloodgateError):
 
     def __init__(self, task_name: str, deliveries: int) -> None:
         self.task_name, self.deliveries = task_name, deliveries
-        super().__init__(
+        super().__init__(task_name, deliveries)
+        self.message = (
             f"{task_name} was delivered {deliveries} times and its worker died each time; "
             "failing it instead of looping (raise MAX_REDELIVERIES to allow more)"
         )

@@ -1,6 +1,6 @@
 """Namespaces the tests own on the shared servers, and helpers to reset only those.
 
-Redis databases 12-15 and the RabbitMQ vhosts named here are Floodgate's test
+Redis databases 11-15 and the RabbitMQ vhosts named here are Floodgate's test
 namespaces; nothing else on the shared servers is touched.
 """
 from __future__ import annotations
@@ -18,8 +18,8 @@ PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/test"
 PG = "postgresql+psycopg://postgres@127.0.0.1:5432"
 
 # name -> (redis db for the broker, rabbitmq vhost)
-NAMESPACES = {"main": (12, "floodgate_test"), "guard": (14, "floodgate_guard"),
-              "e2e": (15, "floodgate_e2e")}
+NAMESPACES = {"faults": (11, "floodgate_faults"), "main": (12, "floodgate_test"),
+              "guard": (14, "floodgate_guard"), "e2e": (15, "floodgate_e2e")}
 RESULTS_DB = 13
 
 

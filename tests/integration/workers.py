@@ -1,0 +1,56 @@
+"""A worker subprocess on the 'faults' namespace, loading tests.fault_tasks."""
+from __future__ import annotations
+
+import os
+import time
+
+import redis
+from celery import Celery
+
+from tests import processes, support
+
+
+def faults_env(**extra) -> dict[str, str]:
+    env = {
+        **os.environ,
+        "BROKER_URL": support.broker_url("faults"),
+        "RESULT_BACKEND": support.results_url(),
+        "FAULTS_STORE_URL": support.results_url(),
+        "PYTHONPATH": str(processes.ROOT),
+    }
+    env.update({k: str(v) for k, v in extra.items()})
+    return env
+
+
+def faults_app() -> Celery:
+    app = Celery("floodgate-faults", set_as_current=False)
+    app.config_from_object("config.celeryconfig")
+    app.conf.broker_url = support.broker_url("faults")
+    return app
+
+
+def start(log_dir, name="worker", queues="default", pool="prefork", concurrency=1,
+          prefetch=1, **env) -> processes.Part:
+    part = processes.worker(faults_env(**env), log_dir, name=name, queues=queues, pool=pool,
+                            concurrency=concurrency,
+                            extra=("-I", "tests.fault_tasks", "--prefetch-multiplier", str(prefetch)))
+    wait_until(lambda: "ready." in part.output(), 30, f"{name} never became ready")
+    return part
+
+
+def store() -> redis.Redis:
+    return redis.Redis.from_url(support.results_url())
+
+
+def counter(kind: str, key: str) -> int:
+    return int(store().get(f"fgtest:{kind}:{key}") or 0)
+
+
+def wait_until(predicate, timeout_s: float, message: str, interval_s: float = 0.2):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval_s)
+    raise AssertionError(message)
