@@ -49,6 +49,9 @@ class Settings(BaseSettings):
         default=None, ge=10,
         description="defaults to 2 x TASK_TIME_LIMIT_S; must exceed it",
     )
+    rabbitmq_consumer_timeout_s: int = Field(
+        default=1800, ge=60, description="the broker's consumer_timeout (RabbitMQ default 30 min)"
+    )
     publish_timeout_s: float = Field(default=1.0, gt=0, le=30)
     max_redeliveries: int = Field(default=3, ge=0, le=100)
 
@@ -87,6 +90,12 @@ class Settings(BaseSettings):
                 f"TASK_TIME_LIMIT_S ({self.task_time_limit_s}), or Redis redelivers a task "
                 "that is still running and it runs twice"
             )
+        if self.broker_kind == "amqp" and self.task_time_limit_s >= self.rabbitmq_consumer_timeout_s:
+            raise ValueError(
+                f"TASK_TIME_LIMIT_S ({self.task_time_limit_s}) must be below RabbitMQ's "
+                f"consumer_timeout ({self.rabbitmq_consumer_timeout_s} s, "
+                "RABBITMQ_CONSUMER_TIMEOUT_S), or the broker closes the channel mid-task"
+            )
         if self.broker_kind == "amqp":
             from config.queues import parse_queue_limits
 
@@ -101,6 +110,13 @@ class Settings(BaseSettings):
     @property
     def visibility_timeout_s(self) -> int:
         return self.redis_visibility_timeout_s or 2 * self.task_time_limit_s
+
+    @property
+    def max_countdown_s(self) -> int:
+        """The longest countdown/ETA a message may carry before the broker redelivers it."""
+        if self.broker_kind == "amqp":
+            return self.rabbitmq_consumer_timeout_s - self.task_time_limit_s
+        return self.visibility_timeout_s - self.task_time_limit_s
 
     @model_validator(mode="after")
     def _derived_urls(self) -> "Settings":

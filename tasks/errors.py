@@ -83,15 +83,16 @@ class NameTaken(FloodgateError):
 
 
 class EtaTooFar(FloodgateError):
-    """A countdown or ETA longer than the Redis visibility timeout: it would run twice."""
+    """A countdown or ETA the broker would redeliver before it ran: it would run twice."""
 
-    def __init__(self, queue: str, delay_s: float, visibility_timeout_s: int) -> None:
-        self.queue, self.delay_s, self.visibility_timeout_s = queue, delay_s, visibility_timeout_s
-        super().__init__(queue, delay_s, visibility_timeout_s)
+    def __init__(self, queue: str, delay_s: float, max_countdown_s: int) -> None:
+        self.queue, self.delay_s, self.max_countdown_s = queue, delay_s, max_countdown_s
+        super().__init__(queue, delay_s, max_countdown_s)
         self.message = (
-            f"a countdown of {delay_s:.0f} s on {queue!r} exceeds the Redis visibility timeout "
-            f"({visibility_timeout_s} s), so the task would be delivered twice; use a shorter "
-            "countdown, a beat schedule, or raise REDIS_VISIBILITY_TIMEOUT_S"
+            f"a countdown of {delay_s:.0f} s on {queue!r} exceeds the longest the broker holds "
+            f"an unacked message ({max_countdown_s} s: Redis visibility timeout or RabbitMQ "
+            "consumer_timeout, less the task time limit), so it would be delivered twice; use a "
+            "shorter countdown or a beat schedule"
         )
 
 

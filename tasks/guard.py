@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import math
 import time
+from datetime import datetime, timezone
 
 import redis
 from prometheus_client import Counter
@@ -27,7 +28,7 @@ from config.queues import (
     ticket_key,
 )
 from config.settings import get_settings
-from tasks.errors import QueueFull
+from tasks.errors import EtaTooFar, QueueFull
 from tasks.meter import drain_rate, meter_client
 
 ACCEPTED = Counter("floodgate_accepted", "Submissions admitted to a queue", ["queue"])
@@ -101,3 +102,21 @@ def refuse(queue: str, depth: int, bound: int) -> QueueFull:
 
 def admitted(queue: str) -> None:
     ACCEPTED.labels(queue).inc()
+
+
+def check_eta(queue: str, eta: str | None) -> None:
+    """Refuse an ETA the broker would deliver twice.
+
+    Redis redelivers a message unacked past its visibility timeout; RabbitMQ
+    closes a channel holding one past its consumer_timeout. Countdowns and ETAs
+    are held unacked by the worker, so either limit bounds them.
+    """
+    if not eta:
+        return
+    when = datetime.fromisoformat(eta)
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    delay_s = (when - datetime.now(timezone.utc)).total_seconds()
+    bound_s = get_settings().max_countdown_s
+    if delay_s >= bound_s:
+        raise EtaTooFar(queue, delay_s, bound_s)

@@ -10,12 +10,15 @@ from tasks import guard
 from tasks.signals import SENT_AT_HEADER
 
 
-def depth(queue: str) -> int | None:
+def depth(queue: str, celery_app=app) -> int | None:
     """Ready messages, as the broker counts them; None if the broker did not answer."""
     try:
-        with app.connection_for_write() as conn:
+        with celery_app.connection_for_write() as conn:
             conn.ensure_connection(max_retries=1, timeout=1)
-            return conn.default_channel.queue_declare(queue, passive=True).message_count
+            channel = conn.default_channel
+            if hasattr(channel, "_size"):  # Redis: an empty queue does not "exist"
+                return channel._size(queue)
+            return channel.queue_declare(queue, passive=True).message_count
     except Exception:  # noqa: BLE001 - an unreachable broker is a reading, not an error
         return None
 

@@ -70,3 +70,11 @@ def overstays(key: str) -> None:
     except SoftTimeLimitExceeded:
         store().set(f"fgtest:cleanup:{key}", 1)
         time.sleep(10)  # ignores the soft limit; the hard limit must end it
+
+
+@app.task(bind=True, name="tests.fault_tasks.timed", acks_late=True)
+def timed(self, key: str, seconds: float) -> None:
+    """Record how long this message waited between its publish and its start."""
+    sent_at = getattr(self.request, "fg_sent_at", None) or (self.request.headers or {}).get("fg_sent_at")
+    store().rpush(f"fgtest:waits:{key}", time.time() - float(sent_at))
+    time.sleep(seconds)

@@ -17,6 +17,8 @@ from tasks import guard
 class Channel(pyamqp.Channel):
     def basic_publish_confirm(self, *args, **kwargs):
         routing_key = kwargs.get("routing_key", args[2] if len(args) > 2 else "")
+        if guard.limit_for(routing_key) is not None and args:
+            guard.check_eta(routing_key, (args[0].properties.get("application_headers") or {}).get("eta"))
         # A blocked broker (memory or disk alarm) never confirms: time out instead of hanging.
         if not kwargs.get("confirm_timeout"):
             kwargs["confirm_timeout"] = get_settings().publish_timeout_s

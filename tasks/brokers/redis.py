@@ -2,14 +2,11 @@
 from __future__ import annotations
 
 import hashlib
-from datetime import datetime, timezone
 
 from kombu.transport import redis as kombu_redis
 from redis.exceptions import NoScriptError
 
-from config.settings import get_settings
 from tasks import guard
-from tasks.errors import EtaTooFar
 
 # KEYS: the queue's priority sub-lists. ARGV: bound, index of the target list, message.
 ADMIT_LUA = """
@@ -39,7 +36,7 @@ class Channel(kombu_redis.Channel):
         limit = guard.limit_for(queue)
         if limit is None:  # reply and pidbox queues are not ours to bound
             return super()._put(queue, message, **kwargs)
-        check_eta(queue, message)
+        guard.check_eta(queue, (message.get("headers") or {}).get("eta"))
         bound = guard.length_bound(limit)
         keys = list(dict.fromkeys(self._q_for_pri(queue, p) for p in self.priority_steps))
         target = self._q_for_pri(queue, self._get_message_priority(message, reverse=False))
@@ -48,20 +45,6 @@ class Channel(kombu_redis.Channel):
         if not ok:
             raise guard.refuse(queue, depth, bound)
         guard.admitted(queue)
-
-
-def check_eta(queue: str, message: dict) -> None:
-    """Refuse an ETA past the visibility timeout: Redis would deliver it twice."""
-    eta = (message.get("headers") or {}).get("eta")
-    if not eta:
-        return
-    when = datetime.fromisoformat(eta)
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=timezone.utc)
-    delay_s = (when - datetime.now(timezone.utc)).total_seconds()
-    visibility_s = get_settings().visibility_timeout_s
-    if delay_s >= visibility_s:
-        raise EtaTooFar(queue, delay_s, visibility_s)
 
 
 class Transport(kombu_redis.Transport):

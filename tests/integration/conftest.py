@@ -63,5 +63,8 @@ def idle_app():
     app = Celery("floodgate-idle", set_as_current=False)
     app.config_from_object("config.celeryconfig")
     app.conf.broker_url = support.broker_url("guard")
+    with app.connection_for_write() as conn:  # declared as every publisher would
+        for queue in app.conf.task_queues:
+            queue.bind(conn.default_channel).declare()
     yield app
     app.close()

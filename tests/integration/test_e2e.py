@@ -31,12 +31,16 @@ def system(tmp_path_factory):
         processes.api(env, tmp, api_port),
         processes.worker(env, tmp),
         processes.beat(env, tmp, tmp / "beat-schedule"),
+        # FAULTS row 18: a second beat at once must be harmless
+        processes.Part("beat2", [str(processes.BIN / "celery"), "-A", "config", "beat", "--loglevel=INFO",
+                                 "-s", str(tmp / "beat2-schedule")], env, tmp),
         processes.flower(env, tmp),
     ]
     base = f"http://127.0.0.1:{api_port}"
     try:
         processes.wait_http(f"{base}/healthz")
-        yield {"api": base, "flower": f"http://127.0.0.1:{flower_port}", "parts": parts}
+        yield {"api": base, "flower": f"http://127.0.0.1:{flower_port}", "parts": parts,
+               "database_url": env["DATABASE_URL"]}
     finally:
         for part in parts:
             part.stop()
@@ -88,3 +92,32 @@ def test_flower_demands_credentials_and_lists_the_tasks_that_ran(system):
     while job_id not in httpx.get(f"{flower}/api/tasks", auth=FLOWER_AUTH, timeout=5).json():
         assert time.monotonic() < deadline, "Flower never saw the fan-out task"
         time.sleep(0.5)
+
+
+def test_row18_two_beats_at_once_store_each_window_once_with_the_right_count(system):
+    from sqlalchemy import create_engine, func, select
+
+    from tasks.models import aggregates, posts
+
+    with httpx.Client(base_url=system["api"], timeout=10) as http:
+        name = f"beats-{uuid.uuid4().hex[:6]}"
+        http.post("/users", json={"name": name})
+        for i in range(5):
+            assert http.post("/posts", json={"author": name, "text": f"#twice {i}"}).status_code == 202
+    time.sleep(5)  # both beats fire every 2 s; the windows holding the posts close and are aggregated
+    engine = create_engine(system["database_url"])
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(select(aggregates)).all()
+            for row in rows:
+                real = conn.execute(select(func.count()).where(
+                    posts.c.created_at >= row.window_start, posts.c.created_at < row.window_end)).scalar()
+                assert row.posts == real, (row.window_start, row.posts, real)
+            starts = [r.window_start for r in rows]
+            assert len(starts) == len(set(starts))
+            assert sum(r.posts for r in rows if ["#twice", r.posts] in r.top_hashtags) >= 5
+    finally:
+        engine.dispose()
+    beats = [p for p in system["parts"] if p.name.startswith("beat")]
+    assert all(p.proc.poll() is None for p in beats)
+    assert all("Sending due task aggregate-closed-window" in p.output() for p in beats)
