@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from api.limits import BodySizeLimit
@@ -50,3 +51,15 @@ def _not_found(_: Request, exc: Exception) -> JSONResponse:
 @app.exception_handler(NameTaken)
 def _conflict(_: Request, exc: NameTaken) -> JSONResponse:
     return _json(409, str(exc))
+
+
+@app.exception_handler(RequestValidationError)
+def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+    """One sentence per problem; the offending input is never echoed back (it may not
+    even be encodable, e.g. a lone surrogate)."""
+    errors = [
+        {"loc": [str(p) for p in err.get("loc", ())], "msg": str(err.get("msg", "invalid"))}
+        for err in exc.errors()
+    ]
+    sentence = "; ".join(f"{'.'.join(e['loc'][1:]) or e['loc'][0]}: {e['msg']}" for e in errors)
+    return _json(422, sentence or "invalid request", errors=errors)

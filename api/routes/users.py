@@ -3,7 +3,7 @@ from __future__ import annotations
 from fastapi import APIRouter, HTTPException
 
 from api.deps import Limit, iso
-from api.schemas import FollowIn, Timeline, UserIn
+from api.schemas import FollowIn, Name, Timeline, UserIn
 from tasks.db import engine
 from tasks.timeline import create_user, follow, read_timeline
 
@@ -26,7 +26,7 @@ def post_follow(body: FollowIn) -> dict:
 
 
 @router.get("/timelines/{name}", response_model=Timeline)
-def get_timeline(name: str, limit: Limit = 50) -> dict:
+def get_timeline(name: Name, limit: Limit = 50) -> dict:
     with engine().connect() as conn:
         posts = read_timeline(conn, name, limit)
     for post in posts:
