@@ -37,6 +37,9 @@ def _queue_arguments(queue: str) -> dict | None:
     return {
         "x-max-length": limit.length if limit.length is not None else MAX_LENGTH,
         "x-overflow": "reject-publish",
+        # quorum queues keep the same limit semantics and survive a node loss;
+        # Celery turns off global QoS for them by itself (worker_detect_quorum_queues).
+        "x-queue-type": _s.rabbitmq_queue_type,
     }
 
 

@@ -7,6 +7,7 @@ names the variable; nothing runs half-configured.
 from __future__ import annotations
 
 import functools
+from typing import Literal
 from urllib.parse import urlparse
 
 from pydantic import Field, ValidationError, field_validator, model_validator
@@ -48,6 +49,9 @@ class Settings(BaseSettings):
     redis_visibility_timeout_s: int | None = Field(
         default=None, ge=10,
         description="defaults to 2 x TASK_TIME_LIMIT_S; must exceed it",
+    )
+    rabbitmq_queue_type: Literal["classic", "quorum"] = Field(
+        default="classic", description="quorum replicates queues across a RabbitMQ cluster"
     )
     rabbitmq_consumer_timeout_s: int = Field(
         default=1800, ge=60, description="the broker's consumer_timeout (RabbitMQ default 30 min)"

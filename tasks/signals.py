@@ -1,14 +1,17 @@
 """Observers wired to Celery signals. None of them can veto anything."""
 from __future__ import annotations
 
+import logging
 import time
 
-from celery.signals import before_task_publish, task_received, worker_process_init
+import redis
+from celery.signals import before_task_publish, task_received, worker_process_init, worker_ready
 
 from tasks.db import reset_engine
 from tasks.meter import COUNTER
 
 SENT_AT_HEADER = "fg_sent_at"
+log = logging.getLogger("floodgate")
 
 
 @before_task_publish.connect
@@ -29,3 +32,23 @@ def count_drained(request=None, **_):
 def fresh_engine(**_):
     """A forked pool child must not share its parent's database connections."""
     reset_engine()
+
+
+@worker_ready.connect
+def warn_about_redis_durability(sender=None, **_):
+    """A Redis broker that evicts keys or keeps no AOF can lose accepted messages."""
+    if sender is None or not sender.app.conf.broker_url.startswith("redis"):
+        return
+    try:
+        with sender.app.connection_for_write() as conn:
+            client = conn.default_channel.client
+            policy = client.config_get("maxmemory-policy").get("maxmemory-policy")
+            aof = client.config_get("appendonly").get("appendonly")
+    except redis.RedisError:  # CONFIG may be disabled on managed Redis
+        return
+    if policy != "noeviction":
+        log.warning("Redis broker maxmemory-policy is %r: eviction can delete queued messages "
+                    "and kombu's own keys; set it to noeviction", policy)
+    if aof != "yes":
+        log.warning("Redis broker runs without AOF (appendonly %s): a restart loses every queued "
+                    "message; run it with --appendonly yes --appendfsync everysec", aof)

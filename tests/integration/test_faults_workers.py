@@ -175,3 +175,12 @@ def _database_url() -> str:
     import os
 
     return os.environ["DATABASE_URL"]
+
+
+@REDIS_ONLY
+def test_a_worker_warns_when_its_redis_broker_keeps_no_aof(app, tmp_path):
+    worker = workers.start(tmp_path)  # the shared test Redis runs with --appendonly no
+    try:
+        wait_until(lambda: "runs without AOF" in worker.output(), 10, "no durability warning")
+    finally:
+        worker.stop()
