@@ -17,14 +17,16 @@ def count(table, *where) -> int:
         return conn.execute(select(func.count()).select_from(table).where(*where)).scalar_one()
 
 
-def wait_for(predicate, timeout_s: float = 30.0, interval_s: float = 0.2):
+def wait_for(predicate, timeout_s: float = 30.0, message: str = "condition not met",
+             interval_s: float = 0.2):
+    """Poll until ``predicate()`` is truthy and return it; fail with ``message``."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         value = predicate()
         if value:
             return value
         time.sleep(interval_s)
-    raise AssertionError(f"condition not met within {timeout_s} s")
+    raise AssertionError(f"{message} (within {timeout_s} s)")
 
 
 def make_following(api, followers: int) -> tuple[str, list[str]]:

@@ -2,12 +2,12 @@
 from __future__ import annotations
 
 import os
-import time
 
 import redis
 from celery import Celery
 
 from tests import processes, support
+from tests.integration.helpers import wait_for as wait_until
 
 
 def faults_env(**extra) -> dict[str, str]:
@@ -44,13 +44,3 @@ def store() -> redis.Redis:
 
 def counter(kind: str, key: str) -> int:
     return int(store().get(f"fgtest:{kind}:{key}") or 0)
-
-
-def wait_until(predicate, timeout_s: float, message: str, interval_s: float = 0.2):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval_s)
-    raise AssertionError(message)
