@@ -1,6 +1,8 @@
 """The FastAPI app: ``uvicorn api.main:app``."""
 from __future__ import annotations
 
+from contextlib import asynccontextmanager
+
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -12,18 +14,22 @@ from tasks.db import engine
 from tasks.errors import BrokerUnavailable, JobNotFound, NameTaken, QueueFull, UnknownUser
 
 settings = get_settings()
+
+
+@asynccontextmanager
+async def lifespan(_: FastAPI):
+    engine()  # creates missing tables; fails fast if the database is unreachable
+    yield
+
+
 app = FastAPI(
+    lifespan=lifespan,
     title="Floodgate",
     summary="Background jobs with back pressure: a full queue answers 503 + Retry-After.",
 )
 app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
 for module in (users, posts, jobs, aggregates, ops):
     app.include_router(module.router)
-
-
-@app.on_event("startup")
-def _tables() -> None:
-    engine()  # creates missing tables; fails fast if the database is unreachable
 
 
 def _json(status: int, detail: str, headers: dict | None = None, **extra) -> JSONResponse:
