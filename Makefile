@@ -5,7 +5,8 @@ PY ?= $(shell for p in python3.11 python3.12 python3.13 python3; do \
 	$$p -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null && echo $$p && break; done)
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed
+STAMP := $(VENV)/.installed-test
+UP_STAMP := $(VENV)/.installed-up
 
 .PHONY: up test test-unit test-integration bench install clean compose-check
 
@@ -14,13 +15,18 @@ $(BIN)/python:
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 
+# `make up` installs only what running needs; tests and benchmarks add theirs.
+$(UP_STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
 $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet -e '.[dev,test,bench]'
-	touch $@
+	touch $@ $(UP_STAMP)
 
 install: $(STAMP)
 
-up: $(STAMP)
+up: $(UP_STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m config.up
 
 # Unit tests, then the integration and end-to-end suites once per broker.
