@@ -29,12 +29,15 @@ install: $(STAMP)
 up: $(UP_STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m config.up
 
-# Unit tests, then the integration and end-to-end suites once per broker.
-# The RabbitMQ run keeps the app's data in PostgreSQL, the Redis run in SQLite.
+# Unit tests, then the integration, end-to-end and fault suites once per broker.
+# The RabbitMQ pass keeps the app's data in PostgreSQL, the Redis pass in SQLite.
+# tests/faults starts private brokers of its own, so it runs in a process of its own.
 test: $(STAMP)
 	$(BIN)/python -m pytest tests/unit
 	FLOODGATE_TEST_BROKER=redis $(BIN)/python -m pytest tests/integration
+	FLOODGATE_TEST_BROKER=redis $(BIN)/python -m pytest tests/faults
 	FLOODGATE_TEST_BROKER=amqp TEST_DATABASE=postgresql $(BIN)/python -m pytest tests/integration
+	FLOODGATE_TEST_BROKER=amqp TEST_DATABASE=postgresql $(BIN)/python -m pytest tests/faults
 
 bench: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m bench.run_all

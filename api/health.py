@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 
+from amqp import Message
 from sqlalchemy import text
 
 from config import app
@@ -15,6 +16,21 @@ _pool = ThreadPoolExecutor(max_workers=6, thread_name_prefix="healthz")
 def _broker() -> None:
     with app.connection_for_write() as conn:
         conn.ensure_connection(max_retries=1, timeout=TIMEOUT_S)
+        if conn.transport.driver_type == "amqp":
+            _confirmed_ping(conn)
+
+
+def _confirmed_ping(conn) -> None:
+    """A blocked RabbitMQ (memory or disk alarm) still accepts connections; only a
+    confirmed publish shows it takes messages. The unroutable ping is discarded."""
+    channel = conn.channel()
+    try:
+        channel.basic_publish_confirm(Message(b"", delivery_mode=1), exchange="",
+                                      routing_key="floodgate.healthz", confirm_timeout=TIMEOUT_S)
+    except Exception:
+        conn.connection.collect()
+        raise
+    channel.close()
 
 
 def _result_backend() -> None:

@@ -125,8 +125,10 @@ task_send_sent_event = True
 broker_connection_retry_on_startup = True
 # A publish to a down broker must fail fast (the API answers 503), not hang.
 # https://docs.celeryq.dev/en/stable/userguide/configuration.html#task-publish-retry-policy
+# One immediate retry re-opens a connection the broker dropped; more would hold a
+# request (and SQLite's write lock) while the broker is down.
 task_publish_retry_policy = {
-    "max_retries": 2, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.2,
+    "max_retries": 1, "interval_start": 0, "interval_step": 0, "interval_max": 0,
 }
 # https://docs.celeryq.dev/en/stable/userguide/configuration.html#broker-connection-timeout
 broker_connection_timeout = 2.0

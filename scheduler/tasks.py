@@ -26,14 +26,14 @@ def aggregate_closed_window(now: float | None = None) -> list[dict]:
 
 @app.task(name="scheduler.tasks.republish_stale_jobs", acks_late=True)
 def republish_stale_jobs() -> int:
-    """The outbox sweep: re-send accepted jobs whose message never started.
+    """The outbox sweep: re-send accepted jobs that stopped moving.
 
     A job gets its 202 only after its message was accepted by the broker, but a
     Redis broker without AOF can still lose it. Re-sending is safe because
     delivery is idempotent; a full queue just postpones the sweep.
     """
     with engine().begin() as conn:
-        stale = jobs.stale_queued(conn, get_settings().republish_after_s)
+        stale = jobs.stale(conn, "fanout", get_settings().republish_after_s)
     sent = 0
     for job in stale:
         try:

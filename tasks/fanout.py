@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from celery import group
 from celery.utils.log import get_task_logger
+from kombu.exceptions import OperationalError as BrokerError
 from sqlalchemy.exc import OperationalError as DBOperationalError
 
 from config import app
@@ -16,7 +17,7 @@ from config.settings import get_settings
 from tasks import jobs
 from tasks.db import engine
 from tasks.base import FloodgateTask
-from tasks.errors import QueueFull
+from tasks.errors import BrokerUnavailable, QueueFull
 from tasks.timeline import chunked, deliver, follower_ids, post_row
 
 log = get_task_logger(__name__)
@@ -70,9 +71,9 @@ def _send_chunks(job_id: str, post_id: int, chunks: list[list[int]]) -> None:
     signatures = [deliver_chunk.s(job_id, post_id, i, c) for i, c in enumerate(chunks)]
     try:
         group(signatures).apply_async()
-    except QueueFull as full:
-        # Back pressure from our own queue: deliver here rather than lose or spin.
-        # Chunks already sent become harmless duplicates.
+    except (QueueFull, BrokerUnavailable, BrokerError) as full:
+        # Back pressure from our own queue, or the broker went away: deliver here
+        # rather than fail an accepted job. Chunks already sent become harmless duplicates.
         log.warning("fan-out of post %s delivering inline: %s", post_id, full)
         for i, chunk in enumerate(chunks):
             deliver_chunk.run(job_id, post_id, i, chunk)

@@ -57,12 +57,12 @@ def finish_chunk(conn, job_id: str, chunk_index: int, delivered: int) -> tuple[i
     )
     done = chunks_done(conn, job_id)
     total = conn.execute(select(jobs.c.chunks_total).where(jobs.c.id == job_id)).scalar()
-    if total is not None and done >= total:
-        conn.execute(
-            update(jobs)
-            .where(jobs.c.id == job_id, jobs.c.state.not_in(FINAL))
-            .values(state=SUCCEEDED, updated_at=time.time())
-        )
+    finished = total is not None and done >= total
+    conn.execute(  # progress refreshes updated_at, so only a stalled job looks stale
+        update(jobs)
+        .where(jobs.c.id == job_id, jobs.c.state.not_in(FINAL))
+        .values(updated_at=time.time(), **({"state": SUCCEEDED} if finished else {}))
+    )
     return done, total or 0
 
 
@@ -80,12 +80,13 @@ def fail(conn, job_id: str, error: str) -> None:
     )
 
 
-def stale_queued(conn, older_than_s: float, limit: int = 500) -> list:
-    """Jobs accepted long ago that never started: their message may be lost."""
+def stale(conn, kind: str, older_than_s: float, limit: int = 500) -> list:
+    """Jobs not finished and not progressing for a while: a message may be lost."""
     cutoff = time.time() - older_than_s
     query = (
         select(jobs.c.id, jobs.c.kind, jobs.c.post_id)
-        .where(jobs.c.state == QUEUED, jobs.c.updated_at < cutoff)
+        .where(jobs.c.kind == kind, jobs.c.state.in_((QUEUED, RUNNING)),
+               jobs.c.updated_at < cutoff)
         .order_by(jobs.c.created_at)
         .limit(limit)
     )

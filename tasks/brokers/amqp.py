@@ -7,11 +7,14 @@ back. A lost connection stays a connection error: only a nack means full.
 """
 from __future__ import annotations
 
+import socket
+
 from amqp.exceptions import MessageNacked
 from kombu.transport import pyamqp
 
 from config.settings import get_settings
 from tasks import guard
+from tasks.errors import BrokerUnavailable
 
 
 class Channel(pyamqp.Channel):
@@ -30,6 +33,11 @@ class Channel(pyamqp.Channel):
                 raise
             bound = guard.length_bound(limit)
             raise guard.refuse(routing_key, bound, bound) from None
+        except socket.timeout:
+            # A blocked broker (memory alarm) reads nothing, so a polite close would
+            # hang too: drop the socket and report the broker unavailable.
+            self.connection.collect()
+            raise BrokerUnavailable(routing_key, "the broker did not confirm in time") from None
         if guard.limit_for(routing_key) is not None:
             guard.admitted(routing_key)
         return result

@@ -3,10 +3,13 @@ from __future__ import annotations
 
 import hashlib
 
+import redis
 from kombu.transport import redis as kombu_redis
 from redis.exceptions import NoScriptError
 
+from config.settings import get_settings
 from tasks import guard
+from tasks.errors import BrokerUnavailable
 
 # KEYS: the queue's priority sub-lists. ARGV: bound, index of the target list, message.
 ADMIT_LUA = """
@@ -40,11 +43,23 @@ class Channel(kombu_redis.Channel):
         bound = guard.length_bound(limit)
         keys = list(dict.fromkeys(self._q_for_pri(queue, p) for p in self.priority_steps))
         target = self._q_for_pri(queue, self._get_message_priority(message, reverse=False))
-        with self.conn_or_acquire() as client:
-            ok, depth = admit(client, keys, keys.index(target) + 1, bound, kombu_redis.dumps(message))
+        try:
+            ok, depth = admit(self._admit_client(), keys, keys.index(target) + 1, bound,
+                              kombu_redis.dumps(message))
+        except redis.TimeoutError as exc:
+            raise BrokerUnavailable(queue, f"the broker did not answer in time: {exc}") from None
         if not ok:
             raise guard.refuse(queue, depth, bound)
         guard.admitted(queue)
+
+    def _admit_client(self) -> redis.Redis:
+        """A client whose reads time out, kept apart from the worker's blocking BRPOPs."""
+        client = getattr(self, "_fg_admit_client", None)
+        if client is None:
+            params = {**self._connparams(), "socket_timeout": get_settings().publish_timeout_s}
+            client = self._fg_admit_client = redis.Redis(
+                connection_pool=redis.ConnectionPool(**params))
+        return client
 
 
 class Transport(kombu_redis.Transport):
