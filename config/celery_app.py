@@ -6,9 +6,20 @@ import sys
 
 from celery import Celery
 from celery.signals import celeryd_init
+from kombu.transport import TRANSPORT_ALIASES
 
 from config.queues import PREFETCH, QUEUES
 from config.settings import ConfigError, get_settings
+
+# The guarded transports are where every publish meets its queue's limit, whichever
+# API sent it (delay, apply_async, send_task, canvas, beat). Registered under kombu's
+# own scheme names, so URLs stay redis:// and amqp:// and Flower still recognises
+# the broker. https://docs.celeryq.dev/projects/kombu/en/stable/reference/kombu.transport.html
+TRANSPORT_ALIASES.update({
+    "redis": "tasks.brokers.redis:Transport",
+    "amqp": "tasks.brokers.amqp:Transport",
+    "pyamqp": "tasks.brokers.amqp:Transport",
+})
 
 app = Celery(
     "floodgate",

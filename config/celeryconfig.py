@@ -20,13 +20,8 @@ broker_url = _s.broker_url
 # https://docs.celeryq.dev/en/stable/userguide/configuration.html#result-backend
 result_backend = _s.result_backend_url
 
-# The guarded transports are where every publish meets its queue's limit,
-# whichever API sent it (delay, apply_async, send_task, canvas, beat).
-# https://docs.celeryq.dev/en/stable/userguide/configuration.html#broker-transport
-broker_transport = {
-    "redis": "tasks.brokers.redis:Transport",
-    "amqp": "tasks.brokers.amqp:Transport",
-}.get(_s.broker_kind)
+# The guarded transports replace kombu's own for redis:// and amqp:// URLs; see
+# config/celery_app.py.
 
 
 def _queue_arguments(queue: str) -> dict | None:
@@ -98,9 +93,10 @@ worker_prefetch_multiplier = 1
 # forever; a redelivery after the whole worker died is bounded by FloodgateTask.
 # https://docs.celeryq.dev/en/stable/userguide/configuration.html#task-reject-on-worker-lost
 task_reject_on_worker_lost = False
-# Report 'running' in the result backend (the API maps STARTED to running).
+# No STARTED write per task by default (a backend round trip each); the fan-out task,
+# whose job status shows 'running', turns it on for itself.
 # https://docs.celeryq.dev/en/stable/userguide/configuration.html#task-track-started
-task_track_started = True
+task_track_started = False
 # https://docs.celeryq.dev/en/stable/userguide/configuration.html#result-expires
 result_expires = timedelta(days=1)
 # Time limits so a stuck task cannot hold a worker forever; tasks may lower them.
@@ -115,11 +111,14 @@ task_annotations = {
     for name, (soft, hard) in TIME_LIMITS_S.items()
 }
 
-# Events let Flower list every task; the sent event shows tasks still queued.
+# Task events cost three extra publishes per task. Off by default: Flower turns them
+# on while it runs (its enable_events option, on by default), so it still lists
+# every task, and nobody pays for them when nobody watches. `celery worker -E` forces them.
 # https://docs.celeryq.dev/en/stable/userguide/configuration.html#worker-send-task-events
-worker_send_task_events = True
+worker_send_task_events = False
+# A sent event is a second publish per submission and would halve the submit rate.
 # https://docs.celeryq.dev/en/stable/userguide/configuration.html#task-send-sent-event
-task_send_sent_event = True
+task_send_sent_event = False
 # Workers keep retrying to reach a broker that is not up yet (compose start order).
 # https://docs.celeryq.dev/en/stable/userguide/configuration.html#broker-connection-retry-on-startup
 broker_connection_retry_on_startup = True

@@ -50,7 +50,7 @@ def sanitise(exc: BaseException) -> str:
     return f"{type(exc).__name__}: the job failed after its retries; see worker logs"
 
 
-@app.task(bind=True, base=JobTask, name="tasks.fanout.fanout_post")
+@app.task(bind=True, base=JobTask, name="tasks.fanout.fanout_post", track_started=True)
 def fanout_post(self, job_id: str, post_id: int) -> dict:
     with engine().begin() as conn:
         post = post_row(conn, post_id)
@@ -79,7 +79,7 @@ def _send_chunks(job_id: str, post_id: int, chunks: list[list[int]]) -> None:
             deliver_chunk.run(job_id, post_id, i, chunk)
 
 
-@app.task(base=JobTask, name="tasks.fanout.deliver_chunk")
+@app.task(base=JobTask, name="tasks.fanout.deliver_chunk", ignore_result=True)
 def deliver_chunk(job_id: str, post_id: int, chunk_index: int, follower_ids: list) -> int:
     with engine().begin() as conn:
         post = post_row(conn, post_id)

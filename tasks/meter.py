@@ -19,6 +19,7 @@ from config.settings import get_settings
 
 BUCKET_TTL_S = 120
 FLUSH_INTERVAL_S = 1.0
+FAST_WINDOW_S = 2
 
 
 @functools.cache
@@ -71,14 +72,19 @@ COUNTER = DrainCounter()
 
 
 def drain_rate(queue: str, window_s: int = DRAIN_WINDOW_S) -> float | None:
-    """Messages per second over the last whole seconds; None if unmeasurable."""
+    """Messages per second over the last whole seconds; None if unmeasurable.
+
+    The smaller of the whole window's average and its last FAST_WINDOW_S: a rate
+    that drops (a worker stopped) is believed within seconds, one that rises only
+    once it has lasted, so a wait limit errs towards shorter waits.
+    """
     client = meter_client()
     if client is None:
         return None
     now = int(time.time())
     keys = [drained_key(queue, s) for s in range(now - window_s, now)]
     try:
-        values = client.mget(keys)
+        counts = [int(v) if v else 0 for v in client.mget(keys)]
     except redis.RedisError:
         return None
-    return sum(int(v) for v in values if v) / window_s
+    return min(sum(counts) / window_s, sum(counts[-FAST_WINDOW_S:]) / FAST_WINDOW_S)

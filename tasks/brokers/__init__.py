@@ -7,5 +7,5 @@
   ``x-max-length`` with ``x-overflow: reject-publish`` and publisher confirms;
   a nack becomes :class:`tasks.errors.QueueFull`.
 
-Celery selects them through ``broker_transport`` in :mod:`config.celeryconfig`.
+:mod:`config.celery_app` registers them under kombu's ``redis`` and ``amqp`` names.
 """

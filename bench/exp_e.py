@@ -1,0 +1,164 @@
+"""(e) Safe defaults must still be fast: drain pre-filled no-op tasks, one worker.
+
+Plain Celery's fastest configuration (acks early, ``--prefetch-multiplier 64``,
+prefork / solo / threads) against Floodgate's defaults
+(``celery -A config worker -Q fanout``: prefork, concurrency = CPUs, the
+queue's PREFETCH, acks_late). Drain time runs from the first task's start to
+the last task's end; the first and last ``edge`` tasks record their times.
+"""
+from __future__ import annotations
+
+import os
+import time
+
+from bench import broker as brokers
+from bench.driver import clear_runs, read_edges
+from bench.procs import Worker, run_phase
+from bench.producers import Producers
+from bench.stats import median, rnd
+
+N = 5_000
+EVENTS_OFF = "worker_send_task_events=False"
+EDGE = 300
+TARGET = 0.9
+
+#: name -> worker options. "app" is the -A module; pool/concurrency None = worker default.
+PLAIN = {
+    "plain prefork c2 p64": {"app": "bench.plain_app", "pool": "prefork", "c": 2, "p": 64},
+    "plain solo p64": {"app": "bench.plain_app", "pool": "solo", "c": None, "p": 64},
+    "plain threads c2 p64": {"app": "bench.plain_app", "pool": "threads", "c": 2, "p": 64},
+}
+DEFAULT = {"floodgate defaults": {"app": "config", "pool": None, "c": None, "p": None}}
+#: The change that closes the gap in our runs: solo pool, prefetch 64, task events off.
+PROPOSED = {"floodgate solo p64 events off":
+            {"app": "bench.variant_app", "conf": EVENTS_OFF, "pool": "solo", "c": None, "p": 64}}
+DIAGNOSTIC = {
+    "floodgate p8 (PREFETCH as intended)": {"app": "config", "pool": None, "c": None, "p": 8},
+    "floodgate events off": {"app": "bench.variant_app", "conf": EVENTS_OFF, "pool": None, "c": None, "p": None},
+    "floodgate solo": {"app": "config", "pool": "solo", "c": None, "p": None},
+    "floodgate solo p64": {"app": "config", "pool": "solo", "c": None, "p": 64},
+    "floodgate events off p64": {"app": "bench.variant_app", "conf": EVENTS_OFF, "pool": None, "c": None, "p": 64},
+}
+
+
+def _prefill_app(spec: dict):
+    """A fast publisher for the worker's queue: no guard, no sent events, no confirms."""
+    from celery import Celery
+
+    from bench.plain_app import QUEUE, make_plain_app, plain_transport
+    from bench.task_bodies import register
+
+    if spec["app"] == "bench.plain_app":
+        app = make_plain_app(os.environ["BROKER_URL"], "prefill")
+        app.conf.broker_transport_options = {}
+        return app, QUEUE
+    app = Celery("prefill", set_as_current=False)
+    app.config_from_object("config.celeryconfig")
+    app.conf.update(broker_transport=plain_transport(os.environ["BROKER_URL"]),
+                    task_send_sent_event=False,
+                    broker_transport_options={})
+    register(app)
+    return app, "fanout"
+
+
+def _prefill(spec: dict, n: int, edge: int) -> str:
+    from concurrent.futures import ThreadPoolExecutor
+
+    app, queue = _prefill_app(spec)
+    producers = Producers(app, size=4)
+    lane = lambda k: [producers.send("bench.noop", (i, n, edge), queue)  # noqa: E731
+                      for i in range(k, n, 4)]
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(lane, range(4)))
+    producers.close()
+    return queue
+
+
+def _worker(spec: dict, queue: str) -> Worker:
+    extra = ("--prefetch-multiplier", str(spec["p"])) if spec["p"] else ()
+    env = dict(os.environ, BENCH_CONF=spec.get("conf", ""))
+    return Worker(env, "drain", queue, app=spec["app"], pool=spec["pool"],
+                  concurrency=spec["c"], extra=extra)
+
+
+def _wait_edges(count: int, timeout_s: float, unacked: list) -> dict:
+    client = brokers.redis_client()
+    deadline = time.time() + timeout_s
+    edges = {}
+    while time.time() < deadline:
+        edges = read_edges()
+        if len(edges) >= count:
+            break
+        if os.environ["BENCH_BROKER"] == "redis":
+            unacked.append(client.hlen("unacked"))
+        time.sleep(0.1)
+    return edges
+
+
+def _partial(edges: dict, depth, n: int) -> dict:
+    """A worker that did not finish in time: rate from what left the queue since its start."""
+    left = depth()
+    first = min(edges.values(), default=None)
+    if first is None:
+        return {"rate": 0.0, "incomplete": True, "left": left}
+    return {"rate": (n - left) / (time.time() - first), "incomplete": True, "left": left}
+
+
+def phase_drain(params: dict) -> dict:
+    spec, n, edge = params["spec"], params["n"], params["edge"]
+    broker = os.environ["BENCH_BROKER"]
+    clear_runs()
+    queue = _prefill(spec, n, edge)
+    depth = brokers.Depth(broker, queue)
+    depth_before = depth()
+    unacked: list[int] = []
+    with _worker(spec, queue):
+        edges = _wait_edges(2 * edge, params["timeout_s"], unacked)
+        if len(edges) < 2 * edge:
+            partial = _partial(edges, depth, n)
+    brokers.purge(broker, queue)
+    depth.close()
+    if len(edges) < 2 * edge:
+        return {**partial, "depth_before": depth_before}
+    first = [t for i, t in edges.items() if i < edge]
+    last = [t for i, t in edges.items() if i >= n - edge]
+    drain_s = max(last) - min(first)
+    return {"rate": n / drain_s, "drain_s": drain_s, "depth_before": depth_before,
+            "max_unacked": max(unacked, default=None)}
+
+
+def _drain(broker: str, spec: dict, n: int, timeout_s: float = 90) -> dict:
+    brokers.reset(broker)
+    return run_phase("e.drain", broker, "fanout=100000",
+                     {"spec": spec, "n": n, "edge": EDGE, "timeout_s": timeout_s})
+
+
+def run(broker: str, n: int = N, reps: int = 3, diagnose: bool = True,
+        n_diagnostic: int = 2500) -> dict:
+    screen = {name: _drain(broker, spec, n_diagnostic) for name, spec in PLAIN.items()}
+    fastest = max(screen, key=lambda k: screen[k]["rate"] or 0)
+    group = {fastest: PLAIN[fastest], **DEFAULT, **PROPOSED}
+    rates = {name: [] for name in group}
+    for _ in range(reps):
+        for name, spec in group.items():
+            rates[name].append(_drain(broker, spec, n)["rate"] or 0)
+    med = {k: median(v) for k, v in rates.items()}
+    ratio = med["floodgate defaults"] / med[fastest]
+    proposed = next(iter(PROPOSED))
+    out = {"broker": broker, "n": n, "reps": reps, "target": TARGET,
+           "screen": {k: rnd(v["rate"], 1) for k, v in screen.items()},
+           "screen_max_unacked": {k: v.get("max_unacked") for k, v in screen.items()},
+           "plain_fastest": fastest, "rates": {k: [rnd(x, 1) for x in v] for k, v in rates.items()},
+           "median_rate": {k: rnd(v, 1) for k, v in med.items()},
+           "ratio": rnd(ratio), "pass": ratio >= TARGET,
+           "proposed": proposed, "proposed_ratio": rnd(med[proposed] / med[fastest]),
+           "proposed_pass": med[proposed] / med[fastest] >= TARGET,
+           "n_diagnostic": n_diagnostic, "diagnostics": {}}
+    if diagnose:
+        for name, spec in DIAGNOSTIC.items():
+            res = _drain(broker, spec, n_diagnostic, timeout_s=45)
+            out["diagnostics"][name] = {"rate": rnd(res["rate"], 1),
+                                        "ratio": rnd((res["rate"] or 0) / med[fastest]),
+                                        "max_unacked": res.get("max_unacked"),
+                                        "incomplete": res.get("incomplete", False)}
+    return out
