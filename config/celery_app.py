@@ -4,8 +4,7 @@ from __future__ import annotations
 import os
 import sys
 
-from celery import Celery
-from celery.signals import celeryd_init
+from celery import Celery, bootsteps
 from kombu.transport import TRANSPORT_ALIASES
 
 from config.queues import PREFETCH, QUEUES
@@ -29,16 +28,29 @@ app = Celery(
 app.config_from_object("config.celeryconfig")
 
 
-@celeryd_init.connect
-def _prefetch_for_queues(conf=None, options=None, **_):
-    """Set the prefetch multiplier from the queues this worker consumes (-Q)."""
-    options = options or {}
-    if options.get("prefetch_multiplier") not in (None, 1) or conf is None:
-        return  # the operator chose one on the command line
-    queues = options.get("queues") or QUEUES
-    if isinstance(queues, str):
-        queues = queues.split(",")
-    conf.worker_prefetch_multiplier = min(PREFETCH.get(q.strip(), 1) for q in queues)
+def prefetch_for(queues) -> int:
+    """The smallest prefetch multiplier of the queues a worker consumes."""
+    return min((PREFETCH.get(q, 1) for q in queues), default=1)
+
+
+class PerQueuePrefetch(bootsteps.Step):
+    """Set the worker's prefetch from the queues it consumes (-Q), before QoS is applied.
+
+    An explicit ``--prefetch-multiplier`` other than the configured default wins.
+    https://docs.celeryq.dev/en/stable/userguide/extending.html#consumer-bootsteps
+    """
+
+    def __init__(self, consumer, **kwargs):
+        super().__init__(consumer, **kwargs)
+        current = consumer.prefetch_multiplier
+        if current != consumer.app.conf.worker_prefetch_multiplier or not current:
+            return
+        chosen = prefetch_for(consumer.app.amqp.queues.consume_from or QUEUES)
+        consumer.initial_prefetch_count = consumer.initial_prefetch_count // current * chosen
+        consumer.prefetch_multiplier = chosen
+
+
+app.steps["consumer"].add(PerQueuePrefetch)
 
 
 def _secure_flower() -> None:

@@ -22,9 +22,10 @@ ROUTES = {
     "scheduler.tasks.republish_stale_jobs": DEFAULT,
 }
 
-#: Prefetch multiplier per queue: short tasks batch, long ones take one at a time.
-#: A worker consuming several queues takes the smallest.
-PREFETCH = {FANOUT: 8, AGGREGATION: 1, DEFAULT: 4}
+#: Prefetch multiplier per queue: short tasks batch (a small prefetch starves a
+#: worker between round trips), long ones take one at a time. A worker consuming
+#: several queues takes the smallest. Late acks make every prefetched message safe.
+PREFETCH = {FANOUT: 64, AGGREGATION: 1, DEFAULT: 16}
 
 #: (soft, hard) time limits in seconds per task; TASK_TIME_LIMIT_S caps them all.
 TIME_LIMITS_S = {

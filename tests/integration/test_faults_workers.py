@@ -184,3 +184,18 @@ def test_a_worker_warns_when_its_redis_broker_keeps_no_aof(app, tmp_path):
         wait_until(lambda: "runs without AOF" in worker.output(), 10, "no durability warning")
     finally:
         worker.stop()
+
+
+def test_a_worker_takes_its_prefetch_from_the_queues_it_consumes(app, tmp_path):
+    from config.queues import PREFETCH
+
+    fast = workers.start(tmp_path, name="fast", queues="fanout", prefetch=1)
+    slow = workers.start(tmp_path, name="slow", queues="aggregation,fanout", prefetch=1)
+    chosen = workers.start(tmp_path, name="chosen", queues="fanout", prefetch=3)
+    try:
+        stats = app.control.inspect(timeout=3).stats() or {}
+        by_name = {name.split("@")[0]: s["prefetch_count"] for name, s in stats.items()}
+        assert by_name == {"fast": PREFETCH["fanout"], "slow": 1, "chosen": 3}
+    finally:
+        for worker in (fast, slow, chosen):
+            worker.stop()

@@ -1,22 +1,6 @@
 """The Celery configuration keeps its promises before any worker starts."""
-from types import SimpleNamespace
-
 from config import app
-from config.celery_app import _prefetch_for_queues
 from config.queues import ROUTES, TIME_LIMITS_S
-
-
-def prefetch_for(queues, chosen=None) -> int:
-    conf = SimpleNamespace(worker_prefetch_multiplier=1)
-    _prefetch_for_queues(conf=conf, options={"queues": queues, "prefetch_multiplier": chosen})
-    return conf.worker_prefetch_multiplier
-
-
-def test_prefetch_follows_the_queues_a_worker_consumes():
-    assert prefetch_for("fanout") == 8
-    assert prefetch_for("aggregation") == 1
-    assert prefetch_for("fanout,aggregation") == 1  # the long queue's setting wins
-    assert prefetch_for("fanout", chosen=32) == 1  # an explicit --prefetch-multiplier is kept
 
 
 def test_json_only_and_late_acks():
@@ -36,3 +20,11 @@ def test_every_task_is_routed_to_a_declared_queue():
     declared = {q.name for q in app.conf.task_queues}
     assert {route["queue"] for route in app.conf.task_routes.values()} <= declared
     assert app.conf.task_create_missing_queues is False
+
+
+def test_prefetch_follows_the_queues_a_worker_consumes():
+    from config.celery_app import prefetch_for
+
+    assert prefetch_for(["fanout"]) == 64
+    assert prefetch_for(["aggregation"]) == 1
+    assert prefetch_for(["fanout", "aggregation"]) == 1  # the long queue's setting wins
