@@ -34,7 +34,7 @@ def set_drain_rate(queue: str, per_s: float) -> None:
     client = meter_client()
     now = int(time.time())
     with client.pipeline() as pipe:
-        for s in range(now - 10, now + 2):
+        for s in range(now - 10, now + 60):
             pipe.set(drained_key(queue, s), int(per_s), ex=60)
         pipe.delete(ticket_key(queue))
         pipe.execute()
@@ -71,19 +71,24 @@ def test_a_refusal_is_raised_by_delay_apply_async_and_canvas_alike(idle_app):
 def test_retry_after_comes_from_the_drain_rate_and_halves_when_it_doubles(idle_app):
     fill(idle_app, LIMIT)
 
-    def last_retry_after(refusals: int) -> int:
-        hint = None
+    import time
+
+    def last_retry_after(refusals: int) -> tuple[int, float]:
+        """The last refused caller's hint, and how long the refusals took."""
+        start = time.monotonic()
         for _ in range(refusals):
             with pytest.raises(QueueFull) as info:
                 fill(idle_app, 1)
-            hint = info.value.retry_after_s
-        return hint
+        return info.value.retry_after_s, time.monotonic() - start
 
+    # The 100th refused caller's slot is 100 / rate after the first refusal's.
     set_drain_rate("fanout", 10)
-    slow = last_retry_after(100)   # the 100th refused caller waits ~100 / 10 s
-    set_drain_rate("fanout", 20)
-    fast = last_retry_after(100)   # ... and ~100 / 20 s when the queue drains twice as fast
-    assert 9 <= slow <= 12 and 4 <= fast <= 6, (slow, fast)
+    slow, took = last_retry_after(100)
+    assert 10 - took - 0.5 <= slow <= 10 + 1, (slow, took)
+    set_drain_rate("fanout", 20)  # twice as fast: come back twice as soon
+    fast, took = last_retry_after(100)
+    assert 5 - took - 0.5 <= fast <= 5 + 1, (fast, took)
+    assert fast < slow
 
 
 def test_a_full_queue_answers_503_with_retry_after_and_writes_nothing(api, idle_app, monkeypatch):
