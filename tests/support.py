@@ -11,6 +11,7 @@ import subprocess
 
 import psycopg
 import redis
+from kombu import pools
 
 REDIS = "redis://127.0.0.1:6379"
 AMQP = "amqp://guest:guest@127.0.0.1:5672"
@@ -43,6 +44,8 @@ def reset_namespace(namespace: str) -> None:
     db, vhost = NAMESPACES[namespace]
     redis.Redis.from_url(f"{REDIS}/{db}").flushdb()
     if broker_kind() == "amqp":
+        # kombu pools connections globally by URL; the old vhost's would be dead
+        pools.reset()
         subprocess.run(["rabbitmqctl", "-q", "delete_vhost", vhost], capture_output=True)
         subprocess.run(["rabbitmqctl", "-q", "add_vhost", vhost], check=True, capture_output=True)
         subprocess.run(["rabbitmqctl", "-q", "set_permissions", "-p", vhost, "guest",

@@ -97,7 +97,9 @@ def test_flower_demands_credentials_and_lists_the_tasks_that_ran(system):
             posted.append(http.post("/posts", json={"author": name, "text": "seen"}).json()["job_id"])
             time.sleep(1)
     broker = httpx.get(f"{flower}/broker", auth=FLOWER_AUTH, timeout=10)
-    assert broker.status_code == 200 and "fanout" in broker.text  # Flower reads our queues
+    assert broker.status_code == 200
+    if support.broker_kind() == "redis":  # on RabbitMQ Flower asks the management plugin
+        assert "fanout" in broker.text  # Flower recognises our redis:// broker and its queues
 
 
 def test_row18_two_beats_at_once_store_each_window_once_with_the_right_count(system):
