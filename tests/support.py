@@ -11,7 +11,8 @@ import subprocess
 
 import psycopg
 import redis
-from kombu import pools
+from amqp.exceptions import NotFound
+from kombu import Connection
 
 REDIS = "redis://127.0.0.1:6379"
 AMQP = "amqp://guest:guest@127.0.0.1:5672"
@@ -20,7 +21,7 @@ PG = "postgresql+psycopg://postgres@127.0.0.1:5432"
 
 # name -> (redis db for the broker, rabbitmq vhost)
 NAMESPACES = {"faults": (11, "floodgate_faults"), "main": (12, "floodgate_test"),
-              "guard": (14, "floodgate_guard"), "e2e": (15, "floodgate_e2e")}
+              "guard": (14, "floodgate_guard"), "quorum": (14, "floodgate_quorum"), "e2e": (15, "floodgate_e2e")}
 RESULTS_DB = 13
 
 
@@ -40,16 +41,33 @@ def results_url() -> str:
     return f"{REDIS}/{RESULTS_DB}"
 
 
+_fresh: set[str] = set()
+
+
 def reset_namespace(namespace: str) -> None:
+    """Empty a namespace. The first time in a session the RabbitMQ vhost is recreated;
+    after that its queues are only purged: kombu pools connections globally by URL and
+    remembers what they declared, so a recreated vhost or a deleted queue would leave
+    pooled connections dead or publishing into nothing."""
     db, vhost = NAMESPACES[namespace]
     redis.Redis.from_url(f"{REDIS}/{db}").flushdb()
-    if broker_kind() == "amqp":
-        # kombu pools connections globally by URL; the old vhost's would be dead
-        pools.reset()
-        subprocess.run(["rabbitmqctl", "-q", "delete_vhost", vhost], capture_output=True)
-        subprocess.run(["rabbitmqctl", "-q", "add_vhost", vhost], check=True, capture_output=True)
-        subprocess.run(["rabbitmqctl", "-q", "set_permissions", "-p", vhost, "guest",
-                        ".*", ".*", ".*"], check=True, capture_output=True)
+    if broker_kind() != "amqp":
+        return
+    if namespace in _fresh:
+        with Connection(broker_url(namespace), transport="kombu.transport.pyamqp:Transport") as conn:
+            for queue in ("fanout", "aggregation", "default"):
+                channel = conn.channel()
+                try:
+                    channel.queue_purge(queue)
+                    channel.close()
+                except NotFound:
+                    pass  # never declared in this namespace yet
+        return
+    subprocess.run(["rabbitmqctl", "-q", "delete_vhost", vhost], capture_output=True)
+    subprocess.run(["rabbitmqctl", "-q", "add_vhost", vhost], check=True, capture_output=True)
+    subprocess.run(["rabbitmqctl", "-q", "set_permissions", "-p", vhost, "guest",
+                    ".*", ".*", ".*"], check=True, capture_output=True)
+    _fresh.add(namespace)
 
 
 def reset_results() -> None:
