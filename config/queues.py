@@ -22,10 +22,11 @@ ROUTES = {
     "scheduler.tasks.republish_stale_jobs": DEFAULT,
 }
 
-#: Prefetch multiplier per queue: short tasks batch (a small prefetch starves a
-#: worker between round trips), long ones take one at a time. A worker consuming
-#: several queues takes the smallest. Late acks make every prefetched message safe.
-PREFETCH = {FANOUT: 64, AGGREGATION: 1, DEFAULT: 16}
+#: Prefetch multiplier per queue. Prefetched messages sit in a worker, outside the
+#: broker's count, so they add to the wait the queue limit promises: bounded queues
+#: keep it small (bench/RESULTS.md (b), (e): 64 raised the p99 wait by ~1.5 s).
+#: Long tasks take one at a time. A worker on several queues takes the smallest.
+PREFETCH = {FANOUT: 4, AGGREGATION: 1, DEFAULT: 4}
 
 #: (soft, hard) time limits in seconds per task; TASK_TIME_LIMIT_S caps them all.
 TIME_LIMITS_S = {

@@ -25,6 +25,6 @@ def test_every_task_is_routed_to_a_declared_queue():
 def test_prefetch_follows_the_queues_a_worker_consumes():
     from config.celery_app import prefetch_for
 
-    assert prefetch_for(["fanout"]) == 64
+    assert prefetch_for(["fanout"]) == 4
     assert prefetch_for(["aggregation"]) == 1
     assert prefetch_for(["fanout", "aggregation"]) == 1  # the long queue's setting wins
