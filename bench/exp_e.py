@@ -3,8 +3,10 @@
 Plain Celery's fastest configuration (acks early, ``--prefetch-multiplier 64``,
 prefork / solo / threads) against Floodgate's defaults
 (``celery -A config worker -Q fanout``: prefork, concurrency = CPUs, the
-queue's PREFETCH, acks_late). Drain time runs from the first task's start to
-the last task's end; the first and last ``edge`` tasks record their times.
+queue's PREFETCH applied by config.celery_app, acks_late) and against the
+proposed change (the same with ``-P solo --prefetch-multiplier 64``). Drain time
+runs from the first task's start to the last task's end; the first and last
+``edge`` tasks record their times.
 """
 from __future__ import annotations
 
@@ -18,26 +20,30 @@ from bench.producers import Producers
 from bench.stats import median, rnd
 
 N = 5_000
-EVENTS_OFF = "worker_send_task_events=False"
 EDGE = 300
 TARGET = 0.9
 
-#: name -> worker options. "app" is the -A module; pool/concurrency None = worker default.
+#: name -> worker options: -A module, -P, -c, --prefetch-multiplier, extra flags and
+#: BENCH_CONF setting overrides. None = the worker's default.
 PLAIN = {
     "plain prefork c2 p64": {"app": "bench.plain_app", "pool": "prefork", "c": 2, "p": 64},
     "plain solo p64": {"app": "bench.plain_app", "pool": "solo", "c": None, "p": 64},
     "plain threads c2 p64": {"app": "bench.plain_app", "pool": "threads", "c": 2, "p": 64},
 }
 DEFAULT = {"floodgate defaults": {"app": "config", "pool": None, "c": None, "p": None}}
-#: The change that closes the gap in our runs: solo pool, prefetch 64, task events off.
-PROPOSED = {"floodgate solo p64 events off":
-            {"app": "bench.variant_app", "conf": EVENTS_OFF, "pool": "solo", "c": None, "p": 64}}
+#: The change that closes the gap in our runs: the solo pool with a deep prefetch.
+PROPOSED = {"floodgate -P solo --prefetch-multiplier 64":
+            {"app": "config", "pool": "solo", "c": None, "p": 64}}
 DIAGNOSTIC = {
-    "floodgate p8 (PREFETCH as intended)": {"app": "config", "pool": None, "c": None, "p": 8},
-    "floodgate events off": {"app": "bench.variant_app", "conf": EVENTS_OFF, "pool": None, "c": None, "p": None},
-    "floodgate solo": {"app": "config", "pool": "solo", "c": None, "p": None},
-    "floodgate solo p64": {"app": "config", "pool": "solo", "c": None, "p": 64},
-    "floodgate events off p64": {"app": "bench.variant_app", "conf": EVENTS_OFF, "pool": None, "c": None, "p": 64},
+    "plain solo p64 with acks_late": {"app": "bench.plain_app", "pool": "solo", "c": None,
+                                      "p": 64, "conf": "task_acks_late=True"},
+    "floodgate -P solo (PREFETCH default)": {"app": "config", "pool": "solo", "c": None,
+                                            "p": None},
+    "floodgate -P solo --prefetch-multiplier 64 -E (events on, as while Flower watches)":
+        {"app": "config", "pool": "solo", "c": None, "p": 64, "extra": ("-E",)},
+    "floodgate prefork --prefetch-multiplier 64": {"app": "config", "pool": None, "c": None,
+                                                   "p": 64},
+    "floodgate -P threads -c 2": {"app": "config", "pool": "threads", "c": 2, "p": None},
 }
 
 
@@ -76,6 +82,7 @@ def _prefill(spec: dict, n: int, edge: int) -> str:
 
 def _worker(spec: dict, queue: str) -> Worker:
     extra = ("--prefetch-multiplier", str(spec["p"])) if spec["p"] else ()
+    extra += tuple(spec.get("extra", ()))
     env = dict(os.environ, BENCH_CONF=spec.get("conf", ""))
     return Worker(env, "drain", queue, app=spec["app"], pool=spec["pool"],
                   concurrency=spec["c"], extra=extra)
@@ -104,27 +111,30 @@ def _partial(edges: dict, depth, n: int) -> dict:
     return {"rate": (n - left) / (time.time() - first), "incomplete": True, "left": left}
 
 
+def _rate_from_edges(edges: dict, n: int, edge: int) -> dict:
+    first = [t for i, t in edges.items() if i < edge]
+    last = [t for i, t in edges.items() if i >= n - edge]
+    drain_s = max(last) - min(first)
+    return {"rate": n / drain_s, "drain_s": drain_s}
+
+
 def phase_drain(params: dict) -> dict:
     spec, n, edge = params["spec"], params["n"], params["edge"]
     broker = os.environ["BENCH_BROKER"]
     clear_runs()
     queue = _prefill(spec, n, edge)
     depth = brokers.Depth(broker, queue)
-    depth_before = depth()
     unacked: list[int] = []
     with _worker(spec, queue):
         edges = _wait_edges(2 * edge, params["timeout_s"], unacked)
-        if len(edges) < 2 * edge:
-            partial = _partial(edges, depth, n)
+        done = len(edges) >= 2 * edge
+        result = _rate_from_edges(edges, n, edge) if done else _partial(edges, depth, n)
     brokers.purge(broker, queue)
     depth.close()
-    if len(edges) < 2 * edge:
-        return {**partial, "depth_before": depth_before}
-    first = [t for i, t in edges.items() if i < edge]
-    last = [t for i, t in edges.items() if i >= n - edge]
-    drain_s = max(last) - min(first)
-    return {"rate": n / drain_s, "drain_s": drain_s, "depth_before": depth_before,
-            "max_unacked": max(unacked, default=None)}
+    from config.queues import PREFETCH
+
+    return {**result, "max_unacked": max(unacked, default=None),
+            "fanout_prefetch": PREFETCH["fanout"]}
 
 
 def _drain(broker: str, spec: dict, n: int, timeout_s: float = 90) -> dict:
@@ -133,32 +143,53 @@ def _drain(broker: str, spec: dict, n: int, timeout_s: float = 90) -> dict:
                      {"spec": spec, "n": n, "edge": EDGE, "timeout_s": timeout_s})
 
 
+def _alternate(broker: str, group: dict, n: int, reps: int) -> tuple[dict, set]:
+    """Rates per configuration, and the fanout PREFETCH values the workers ran with."""
+    rates: dict[str, list[float]] = {name: [] for name in group}
+    prefetch = set()
+    for _ in range(reps):
+        for name, spec in group.items():
+            res = _drain(broker, spec, n)
+            rates[name].append(res["rate"] or 0)
+            prefetch.add(res.get("fanout_prefetch"))
+    return rates, prefetch
+
+
+def _compare(rates: dict, fastest: str, name: str) -> dict:
+    """Median over median, and the median of the per-rep ratios."""
+    ratio = median(rates[name]) / median(rates[fastest])
+    paired = median([x / p for x, p in zip(rates[name], rates[fastest]) if p])
+    return {"ratio": rnd(ratio), "paired": rnd(paired), "pass": ratio >= TARGET}
+
+
+def _diagnose(broker: str, n: int, reference: float) -> dict:
+    out = {}
+    for name, spec in DIAGNOSTIC.items():
+        res = _drain(broker, spec, n, timeout_s=45)
+        out[name] = {"rate": rnd(res["rate"], 1), "ratio": rnd((res["rate"] or 0) / reference),
+                     "max_unacked": res.get("max_unacked"),
+                     "incomplete": res.get("incomplete", False)}
+    return out
+
+
 def run(broker: str, n: int = N, reps: int = 3, diagnose: bool = True,
         n_diagnostic: int = 2500) -> dict:
     screen = {name: _drain(broker, spec, n_diagnostic) for name, spec in PLAIN.items()}
     fastest = max(screen, key=lambda k: screen[k]["rate"] or 0)
-    group = {fastest: PLAIN[fastest], **DEFAULT, **PROPOSED}
-    rates = {name: [] for name in group}
-    for _ in range(reps):
-        for name, spec in group.items():
-            rates[name].append(_drain(broker, spec, n)["rate"] or 0)
-    med = {k: median(v) for k, v in rates.items()}
-    ratio = med["floodgate defaults"] / med[fastest]
     proposed = next(iter(PROPOSED))
-    out = {"broker": broker, "n": n, "reps": reps, "target": TARGET,
-           "screen": {k: rnd(v["rate"], 1) for k, v in screen.items()},
-           "screen_max_unacked": {k: v.get("max_unacked") for k, v in screen.items()},
-           "plain_fastest": fastest, "rates": {k: [rnd(x, 1) for x in v] for k, v in rates.items()},
-           "median_rate": {k: rnd(v, 1) for k, v in med.items()},
-           "ratio": rnd(ratio), "pass": ratio >= TARGET,
-           "proposed": proposed, "proposed_ratio": rnd(med[proposed] / med[fastest]),
-           "proposed_pass": med[proposed] / med[fastest] >= TARGET,
-           "n_diagnostic": n_diagnostic, "diagnostics": {}}
-    if diagnose:
-        for name, spec in DIAGNOSTIC.items():
-            res = _drain(broker, spec, n_diagnostic, timeout_s=45)
-            out["diagnostics"][name] = {"rate": rnd(res["rate"], 1),
-                                        "ratio": rnd((res["rate"] or 0) / med[fastest]),
-                                        "max_unacked": res.get("max_unacked"),
-                                        "incomplete": res.get("incomplete", False)}
-    return out
+    rates, prefetch = _alternate(broker, {fastest: PLAIN[fastest], **DEFAULT, **PROPOSED},
+                                 n, reps)
+    default = _compare(rates, fastest, "floodgate defaults")
+    change = _compare(rates, fastest, proposed)
+    return {
+        "broker": broker, "n": n, "reps": reps, "target": TARGET, "n_diagnostic": n_diagnostic,
+        "fanout_prefetch": sorted(p for p in prefetch if p is not None),
+        "screen": {k: rnd(v["rate"], 1) for k, v in screen.items()},
+        "screen_max_unacked": {k: v.get("max_unacked") for k, v in screen.items()},
+        "plain_fastest": fastest, "rates": {k: [rnd(x, 1) for x in v] for k, v in rates.items()},
+        "median_rate": {k: rnd(median(v), 1) for k, v in rates.items()},
+        "ratio": default["ratio"], "ratio_paired": default["paired"], "pass": default["pass"],
+        "proposed": proposed, "proposed_ratio": change["ratio"],
+        "proposed_ratio_paired": change["paired"], "proposed_pass": change["pass"],
+        "diagnostics": _diagnose(broker, n_diagnostic, median(rates[fastest])) if diagnose else {},
+    }

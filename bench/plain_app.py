@@ -15,7 +15,6 @@ from bench.task_bodies import register
 
 QUEUE = "bench_plain"
 
-
 def plain_transport(broker_url: str) -> str:
     """kombu's own transport, named outright: config.celery_app maps redis:// and
     amqp:// to Floodgate's guarded ones in any process that imported it."""
