@@ -66,8 +66,12 @@ def purge(broker: str, queue: str) -> None:
 
 
 def reset(broker: str) -> None:
-    """Empty db 10, and delete the bench queues in the bench vhost (their args may change)."""
-    redis_client().flushdb()
+    """Empty db 10 except the run lock, and delete the bench queues in the bench vhost
+    (their arguments may change between phases)."""
+    client = redis_client()
+    keys = [k for k in client.scan_iter(count=1000) if k != b"bench:lock"]
+    for i in range(0, len(keys), 500):
+        client.delete(*keys[i:i + 500])
     if broker != "amqp":
         return
     for queue in BENCH_QUEUES:

@@ -27,7 +27,7 @@ def _thin(points: list, limit: int = 4000) -> list:
 
 def bars(name: str, title: str, values: dict[str, float], ylabel: str,
          reference: float | None = None) -> str:
-    fig, ax = plt.subplots(figsize=(8, 4))
+    fig, ax = plt.subplots(figsize=(9, 1.2 + 0.35 * len(values)))
     labels = list(values)
     ax.barh(labels, [values[k] or 0 for k in labels], color="tab:blue")
     if reference:

@@ -14,7 +14,7 @@ import json
 import sys
 import time
 
-from bench import exp_a, exp_b, exp_c, exp_d, exp_e, plots, report
+from bench import exp_a, exp_b, exp_c, exp_d, exp_e, figures, lock, report
 from bench.env import OUT, RESULTS, ensure_vhost
 from bench.machine import machine_meta
 from bench.notes import NOTES
@@ -31,7 +31,7 @@ def parse(argv=None) -> argparse.Namespace:
                    help="run on this broker only (default: each experiment's defaults)")
     p.add_argument("--quick", action="store_true", help="short runs, for a smoke test")
     p.add_argument("--report-only", action="store_true",
-                   help="rebuild RESULTS.md from bench/results/*.json without running anything")
+                   help="rebuild RESULTS.md (and plots, from bench/out/) without running anything")
     return p.parse_args(argv)
 
 
@@ -43,17 +43,12 @@ def brokers_for(exp: str, choice: str | None) -> tuple[str, ...]:
 
 
 def run_a(broker, quick, capacity):
-    r = exp_a.run(broker, **({"n": 500, "reps": 3, "refusals": 50} if quick else {}))
-    plots.bars(f"a_{broker}.png", f"(a) submit rate, median msg/s - {broker}",
-               r["median_rate"], "messages/s")
-    return r
+    return exp_a.run(broker, **({"n": 500, "reps": 3, "refusals": 50} if quick else {}))
 
 
 def run_b(broker, quick, capacity):
     r = exp_b.run(broker, **({"duration_s": 15} if quick else {}))
     capacity[broker] = r["capacity_per_s"]
-    plots.overload(f"b_{broker}.png", f"(b) 3x overload - {broker}",
-                   {"guarded": r["guarded"], "unguarded": r["unguarded"]}, exp_b.LIMIT)
     return r
 
 
@@ -63,32 +58,19 @@ def run_c(broker, quick, capacity):
     trickle = exp_c.run(broker, capacity=capacity.get(broker), prelude="trickle",
                         duration_s=15 if quick else 30)
     capacity.setdefault(broker, trickle["capacity_per_s"])
-    plots.clients(f"c_{broker}_trickle.png",
-                  f"(c) Retry-After after light traffic and a burst - {broker}", trickle)
     save("c", f"{broker}_trickle", {**trickle, "quick": quick,
                                     "wall_s": round(time.time() - t, 1)})
-    r = exp_c.run(broker, capacity=capacity[broker], **({"duration_s": 20} if quick else {}))
-    plots.clients(f"c_{broker}.png", f"(c) clients obeying Retry-After - {broker}", r)
-    return r
+    return exp_c.run(broker, capacity=capacity[broker], **({"duration_s": 20} if quick else {}))
 
 
 def run_d(broker, quick, capacity):
     r = exp_d.run(broker, capacity=capacity.get(broker), **({"duration_s": 24} if quick else {}))
     capacity.setdefault(broker, r["capacity_one_worker_per_s"])
-    plots.wait_limit(f"d_{broker}.png",
-                     f"(d) wait limit 2 s, one of two workers stopped - {broker}", r)
     return r
 
 
 def run_e(broker, quick, capacity):
-    r = exp_e.run(broker, **({"n": 2000, "reps": 1, "n_diagnostic": 1000} if quick else {}))
-    values = {**{k: v for k, v in r["median_rate"].items()},
-              **{f"{k} (plain)": v for k, v in r["screen"].items() if k not in r["median_rate"]},
-              **{k: v["rate"] for k, v in r["diagnostics"].items()}}
-    fastest = r["median_rate"][r["plain_fastest"]]
-    plots.bars(f"e_{broker}.png", f"(e) drain rate of no-op tasks - {broker}", values,
-               "tasks/s", reference=0.9 * fastest)
-    return r
+    return exp_e.run(broker, **({"n": 2000, "reps": 1, "n_diagnostic": 1000} if quick else {}))
 
 
 RUNNERS = {"a": run_a, "b": run_b, "c": run_c, "d": run_d, "e": run_e}
@@ -99,6 +81,7 @@ def save(exp: str, broker: str, result: dict) -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / f"{exp}_{broker}.full.json").write_text(json.dumps(result))
     (RESULTS / f"{exp}_{broker}.json").write_text(json.dumps(strip(result), indent=1))
+    figures.draw(f"{exp}_{broker}", result)
 
 
 def strip(value):
@@ -112,13 +95,23 @@ def main(argv=None) -> None:
     args = parse(argv)
     if args.report_only:
         meta = json.loads(META.read_text()) if META.exists() else {}
+        figures.redraw_all()
         report.write(meta, NOTES)
         return
+    me = lock.acquire()
+    try:
+        run(args, argv, me)
+    finally:
+        lock.release(me)
+
+
+def run(args, argv, me: str) -> None:
     meta = machine_meta()
     start, capacity = time.time(), {}
     ensure_vhost()
     for exp in [e.strip() for e in args.only.split(",") if e.strip()]:
         for broker in brokers_for(exp, args.broker):
+            lock.refresh(me)
             t = time.time()
             print(f"[bench] ({exp}) on {broker} ...", flush=True)
             result = RUNNERS[exp](broker, args.quick, capacity)
