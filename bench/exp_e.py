@@ -2,11 +2,11 @@
 
 Plain Celery's fastest configuration (acks early, ``--prefetch-multiplier 64``,
 prefork / solo / threads) against Floodgate's defaults
-(``celery -A config worker -Q fanout``: prefork, concurrency = CPUs, the
-queue's PREFETCH applied by config.celery_app, acks_late) and against the
-proposed change (the same with ``-P solo --prefetch-multiplier 64``). Drain time
-runs from the first task's start to the last task's end; the first and last
-``edge`` tasks record their times.
+(``celery -A config worker -Q fanout``: Floodgate's pool, tasks.pool - solo with
+soft and hard time limits -, the queue's PREFETCH, acks_late) and, for comparison,
+the same command with ``-P prefork`` (Celery's default pool, Floodgate's before).
+Drain time runs from the first task's start to the last task's end; the first and
+last ``edge`` tasks record their times.
 """
 from __future__ import annotations
 
@@ -31,18 +31,15 @@ PLAIN = {
     "plain threads c2 p64": {"app": "bench.plain_app", "pool": "threads", "c": 2, "p": 64},
 }
 DEFAULT = {"floodgate defaults": {"app": "config", "pool": None, "c": None, "p": None}}
-#: The change that closes the gap in our runs: the solo pool with a deep prefetch.
-PROPOSED = {"floodgate -P solo --prefetch-multiplier 64":
-            {"app": "config", "pool": "solo", "c": None, "p": 64}}
+#: Celery's default pool under Floodgate's configuration (Floodgate's default until 2026-11-27).
+PROPOSED = {"floodgate -P prefork": {"app": "config", "pool": "prefork", "c": None, "p": None}}
 DIAGNOSTIC = {
     "plain solo p64 with acks_late": {"app": "bench.plain_app", "pool": "solo", "c": None,
                                       "p": 64, "conf": "task_acks_late=True"},
-    "floodgate -P solo (PREFETCH default)": {"app": "config", "pool": "solo", "c": None,
-                                            "p": None},
-    "floodgate -P solo --prefetch-multiplier 64 -E (events on, as while Flower watches)":
-        {"app": "config", "pool": "solo", "c": None, "p": 64, "extra": ("-E",)},
-    "floodgate prefork --prefetch-multiplier 64": {"app": "config", "pool": None, "c": None,
-                                                   "p": 64},
+    "floodgate defaults --prefetch-multiplier 64": {"app": "config", "pool": None, "c": None,
+                                                    "p": 64},
+    "floodgate defaults -E (events on, as while Flower watches)":
+        {"app": "config", "pool": None, "c": None, "p": None, "extra": ("-E",)},
     "floodgate -P threads -c 2": {"app": "config", "pool": "threads", "c": 2, "p": None},
 }
 

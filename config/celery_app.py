@@ -23,6 +23,7 @@ TRANSPORT_ALIASES.update({
 app = Celery(
     "floodgate",
     task_cls="tasks.base:FloodgateTask",
+    amqp="tasks.brokers.producers:FloodgateAMQP",
     include=["tasks.fanout", "tasks.signals", "scheduler.tasks"],
 )
 app.config_from_object("config.celeryconfig")
@@ -33,17 +34,43 @@ def prefetch_for(queues) -> int:
     return min((PREFETCH.get(q, 1) for q in queues), default=1)
 
 
+def explicit_option(argv: list[str], *names: str) -> str | None:
+    """The value of a command-line option given explicitly (Celery's CLI fills in defaults)."""
+    for i, arg in enumerate(argv):
+        for name in names:
+            if arg == name and i + 1 < len(argv):
+                return argv[i + 1]
+            if arg.startswith(f"{name}=") and name.startswith("--"):
+                return arg.split("=", 1)[1]
+    return None
+
+
+def explicit_prefetch(argv: list[str]) -> bool:
+    return explicit_option(argv, "--prefetch-multiplier") is not None
+
+
+# Celery's CLI replaces an explicit `-P prefork` with a configured worker_pool;
+# honour it, as every other -P value is honoured.
+if (_pool := explicit_option(sys.argv, "-P", "--pool")) is not None:
+    app.conf.worker_pool = _pool
+# Floodgate's pool runs one task at a time; Celery would otherwise count CPUs as its
+# concurrency and prefetch that many times over.
+if app.conf.worker_pool == "tasks.pool:TaskPool" and not explicit_option(
+        sys.argv, "-c", "--concurrency"):
+    app.conf.worker_concurrency = 1
+
+
 class PerQueuePrefetch(bootsteps.Step):
     """Set the worker's prefetch from the queues it consumes (-Q), before QoS is applied.
 
-    An explicit ``--prefetch-multiplier`` other than the configured default wins.
+    An explicit ``--prefetch-multiplier`` wins.
     https://docs.celeryq.dev/en/stable/userguide/extending.html#consumer-bootsteps
     """
 
     def __init__(self, consumer, **kwargs):
         super().__init__(consumer, **kwargs)
         current = consumer.prefetch_multiplier
-        if current != consumer.app.conf.worker_prefetch_multiplier or not current:
+        if explicit_prefetch(sys.argv) or not current:
             return
         chosen = prefetch_for(consumer.app.amqp.queues.consume_from or QUEUES)
         consumer.initial_prefetch_count = consumer.initial_prefetch_count // current * chosen

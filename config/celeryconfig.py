@@ -89,6 +89,12 @@ task_acks_late = True
 # multiplier of the queues it consumes (config.celery_app applies it at start).
 # https://docs.celeryq.dev/en/stable/userguide/configuration.html#worker-prefetch-multiplier
 worker_prefetch_multiplier = 1
+# Celery's solo pool plus soft and hard time limits (tasks.pool): the fastest pool
+# for short tasks (bench/RESULTS.md (e): prefork's hand-off to a child cost 15-40 %),
+# with the limits kept. One task at a time per process: run a process per core.
+# An explicit -P (prefork, threads, ...) still chooses another (config.celery_app).
+# https://docs.celeryq.dev/en/stable/userguide/configuration.html#worker-pool
+worker_pool = "tasks.pool:TaskPool"
 # A child killed mid-task (OOM, segfault) fails the task instead of requeueing it
 # forever; a redelivery after the whole worker died is bounded by FloodgateTask.
 # https://docs.celeryq.dev/en/stable/userguide/configuration.html#task-reject-on-worker-lost

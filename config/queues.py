@@ -23,10 +23,12 @@ ROUTES = {
 }
 
 #: Prefetch multiplier per queue. Prefetched messages sit in a worker, outside the
-#: broker's count, so they add to the wait the queue limit promises: bounded queues
-#: keep it small (bench/RESULTS.md (b), (e): 64 raised the p99 wait by ~1.5 s).
-#: Long tasks take one at a time. A worker on several queues takes the smallest.
-PREFETCH = {FANOUT: 4, AGGREGATION: 1, DEFAULT: 4}
+#: broker's count, so each worker adds up to its prefetch to the wait the limit
+#: promises: bounded short-task queues keep it small, yet deep enough that the worker
+#: never waits for the broker (bench/RESULTS.md (e): 4 cost 13 % on RabbitMQ, 8 did
+#: not; 64 raised (b)'s p99 wait by ~1.5 s). Long tasks take one at a time. A worker
+#: on several queues takes the smallest.
+PREFETCH = {FANOUT: 8, AGGREGATION: 1, DEFAULT: 8}
 
 #: (soft, hard) time limits in seconds per task; TASK_TIME_LIMIT_S caps them all.
 TIME_LIMITS_S = {
@@ -43,14 +45,28 @@ WAIT_LIMIT_BOOTSTRAP_LENGTH = 100
 #: Retry-After is clamped to this range.
 RETRY_AFTER_MIN_S = 1
 RETRY_AFTER_MAX_S = 60
-#: Drain rate is averaged over this many whole seconds.
+#: Drain rate is averaged over this many whole seconds in which the queue had a
+#: backlog (quiet seconds say how much arrived, not how fast workers can drain)...
 DRAIN_WINDOW_S = 5
+#: ...found within this look-back; with none, the plain average of the window.
+DRAIN_LOOKBACK_S = 60
+#: Retry-After while no drain rate has been measured at all (no worker has run).
+RETRY_AFTER_UNMEASURED_S = 5
 
 KEY_PREFIX = "floodgate"
 
 
 def drained_key(queue: str, epoch_s: int) -> str:
     return f"{KEY_PREFIX}:drained:{queue}:{epoch_s}"
+
+
+def backlog_key(queue: str, epoch_s: int) -> str:
+    return f"{KEY_PREFIX}:backlog:{queue}:{epoch_s}"
+
+
+def window_key(queue: str) -> str:
+    """Hash of worker -> "prefetch window:epoch s" for the workers consuming ``queue``."""
+    return f"{KEY_PREFIX}:window:{queue}"
 
 
 def ticket_key(queue: str) -> str:

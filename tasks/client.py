@@ -6,7 +6,8 @@
 A refusal tells the caller when the queue will have room (``retry_after_s``, or
 the HTTP ``Retry-After`` header); the helper never comes back sooner than that,
 and otherwise backs off exponentially with full jitter. Both the number of
-attempts and the total time are bounded; the last refusal is re-raised.
+attempts and the total time are bounded (no sleep runs past ``max_total_s``);
+the last refusal is re-raised.
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from tenacity import (
     Retrying,
     retry_if_exception_type,
     stop_after_attempt,
-    stop_after_delay,
+    stop_before_delay,
 )
 
 from tasks.errors import BrokerUnavailable, FloodgateError, QueueFull
@@ -67,7 +68,9 @@ def call_with_backoff(fn: Callable[[], T], *, max_attempts: int = 6, max_total_s
     """Call ``fn`` until it is admitted, within the bounds; re-raise the last refusal."""
     retrying = Retrying(
         retry=retry_if_exception_type(RETRYABLE),
-        stop=stop_after_attempt(max_attempts) | stop_after_delay(max_total_s),
+        # stop_before_delay: give up rather than sleep past max_total_s (a 60 s hint
+        # against a 30 s bound fails now, not after 60 s).
+        stop=stop_after_attempt(max_attempts) | stop_before_delay(max_total_s),
         wait=HonourRetryAfter(base_s, cap_s, hint_jitter),
         sleep=sleep,
         reraise=True,

@@ -1,11 +1,14 @@
 """Floodgate's errors: one small tree, each carrying its data and the fix.
 
     FloodgateError
-     ├── QueueFull            the queue is at its limit; retry after retry_after_s
+     ├── Refused              one message was refused; the connection is fine
+     │    ├── QueueFull       the queue is at its limit; retry after retry_after_s
+     │    └── EtaTooFar       a countdown the broker would deliver twice
      ├── BrokerUnavailable    the broker did not accept the message in time
      ├── JobNotFound          no job was ever issued with that id
      ├── UnknownUser          a request named a user who does not exist
      ├── NameTaken            a user with this name already exists
+     └── TooManyDeliveries    a poison message, failed after MAX_REDELIVERIES
 """
 from __future__ import annotations
 
@@ -23,7 +26,11 @@ class FloodgateError(Exception):
         return self.message or super().__str__()
 
 
-class QueueFull(FloodgateError):
+class Refused(FloodgateError):
+    """The broker or the guard refused this one message; nothing was enqueued."""
+
+
+class QueueFull(Refused):
     """A submission was refused because its queue is at its limit.
 
     Nothing was enqueued. Retry after ``retry_after_s`` seconds, with jitter
@@ -82,7 +89,7 @@ class NameTaken(FloodgateError):
         super().__init__(name)
 
 
-class EtaTooFar(FloodgateError):
+class EtaTooFar(Refused):
     """A countdown or ETA the broker would redeliver before it ran: it would run twice."""
 
     def __init__(self, queue: str, delay_s: float, max_countdown_s: int) -> None:

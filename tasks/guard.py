@@ -22,6 +22,7 @@ from config.queues import (
     MAX_LENGTH,
     RETRY_AFTER_MAX_S,
     RETRY_AFTER_MIN_S,
+    RETRY_AFTER_UNMEASURED_S,
     WAIT_LIMIT_BOOTSTRAP_LENGTH,
     Limit,
     parse_queue_limits,
@@ -85,8 +86,8 @@ def retry_after_s(queue: str, depth: int, bound: int) -> int:
     """Seconds until the slot this refused caller can have, from the drain rate."""
     rate = cached_drain_rate(queue)
     client = meter_client()
-    if not rate or client is None:
-        return RETRY_AFTER_MAX_S
+    if not rate or client is None:  # no worker has drained it yet: look again soon
+        return RETRY_AFTER_UNMEASURED_S
     excess = max(1, depth - bound + 1)
     try:
         wait = float(client.eval(_TICKET, 1, ticket_key(queue), excess, rate, RETRY_AFTER_MAX_S))

@@ -2,8 +2,11 @@
 
 Workers count the messages they receive (``task_received`` runs in the worker's
 main process, where the consumer is) and flush the counts once a second into
-per-second Redis buckets. Anyone can then read a queue's drain rate with one
-MGET. Nothing here runs on the submit path.
+per-second Redis buckets. At each flush a worker also marks the second as
+*backlogged* for every queue it consumes whose broker depth is above zero: only
+in such seconds does the count measure how fast workers can drain, rather than
+how little arrived. Anyone can then read a queue's drain rate with one MGET.
+Nothing here runs on the submit path.
 """
 from __future__ import annotations
 
@@ -11,10 +14,11 @@ import functools
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable, Iterable
 
 import redis
 
-from config.queues import DRAIN_WINDOW_S, drained_key
+from config.queues import DRAIN_LOOKBACK_S, DRAIN_WINDOW_S, backlog_key, drained_key
 from config.settings import get_settings
 
 BUCKET_TTL_S = 120
@@ -37,19 +41,36 @@ class DrainCounter:
         self._counts: Counter[str] = Counter()
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
+        self._queues: tuple[str, ...] = ()
+        self._depth: Callable[[str], int | None] | None = None
+
+    def watch(self, queues: Iterable[str], depth: Callable[[str], int | None]) -> None:
+        """Mark backlogged seconds of these queues, reading their depth with ``depth``."""
+        self._queues, self._depth = tuple(queues), depth
+        self._start()
 
     def add(self, queue: str, n: int = 1) -> None:
         with self._lock:
             self._counts[queue] += n
+        self._start()
+
+    def _start(self) -> None:
+        with self._lock:
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, daemon=True, name="drain-meter")
                 self._thread.start()
 
+    def _backlogged(self) -> list[str]:
+        if self._depth is None:
+            return []
+        return [q for q in self._queues if (self._depth(q) or 0) > 0]
+
     def flush(self) -> None:
+        backlogged = self._backlogged()
         with self._lock:
             counts, self._counts = self._counts, Counter()
         client = meter_client()
-        if not counts or client is None:
+        if client is None or not (counts or backlogged):
             return
         now = int(time.time())
         try:
@@ -57,6 +78,8 @@ class DrainCounter:
                 for queue, n in counts.items():
                     pipe.incrby(drained_key(queue, now), n)
                     pipe.expire(drained_key(queue, now), BUCKET_TTL_S)
+                for queue in backlogged:
+                    pipe.set(backlog_key(queue, now), 1, ex=BUCKET_TTL_S)
                 pipe.execute()
         except redis.RedisError:
             with self._lock:  # keep the counts for the next flush
@@ -71,20 +94,38 @@ class DrainCounter:
 COUNTER = DrainCounter()
 
 
-def drain_rate(queue: str, window_s: int = DRAIN_WINDOW_S) -> float | None:
-    """Messages per second over the last whole seconds; None if unmeasurable.
+def drain_rate(queue: str, window_s: int = DRAIN_WINDOW_S,
+               lookback_s: int = DRAIN_LOOKBACK_S) -> float | None:
+    """Messages per second workers can take off ``queue``; None if unmeasurable.
 
-    The smaller of the whole window's average and its last FAST_WINDOW_S: a rate
-    that drops (a worker stopped) is believed within seconds, one that rises only
-    once it has lasted, so a wait limit errs towards shorter waits.
+    Measured over the last ``window_s`` backlogged seconds within ``lookback_s``:
+    the smaller of their average and that of the last FAST_WINDOW_S of them, so a
+    rate that drops (a worker stopped) is believed within seconds, one that rises
+    only once it has lasted. With no backlogged second, workers have kept up with
+    what arrived, and the plain average of the last ``window_s`` seconds is a
+    lower bound; 0 there means nothing was measured.
     """
     client = meter_client()
     if client is None:
         return None
     now = int(time.time())
-    keys = [drained_key(queue, s) for s in range(now - window_s, now)]
+    seconds = range(now - lookback_s, now)
     try:
-        counts = [int(v) if v else 0 for v in client.mget(keys)]
+        values = client.mget([drained_key(queue, s) for s in seconds]
+                             + [backlog_key(queue, s) for s in seconds])
     except redis.RedisError:
         return None
-    return min(sum(counts) / window_s, sum(counts[-FAST_WINDOW_S:]) / FAST_WINDOW_S)
+    counts = [int(v) if v else 0 for v in values[:lookback_s]]
+    busy = [n for n, flag in zip(counts, values[lookback_s:]) if flag]
+    if busy:
+        return _busy_rate(busy, window_s)
+    recent = counts[-window_s:]
+    return sum(recent) / window_s or None
+
+
+def _busy_rate(busy: list[int], window_s: int) -> float | None:
+    window, fast = busy[-window_s:], busy[-FAST_WINDOW_S:]
+    if not sum(window):  # long tasks: few seconds see one finish; use every busy second
+        return sum(busy) / len(busy) or None
+    slow_rate = sum(window) / len(window)
+    return min(slow_rate, sum(fast) / len(fast)) if sum(fast) else slow_rate

@@ -15,12 +15,40 @@ def depth(queue: str, celery_app=app) -> int | None:
     try:
         with celery_app.connection_for_write() as conn:
             conn.ensure_connection(max_retries=1, timeout=1)
-            channel = conn.default_channel
-            if hasattr(channel, "_size"):  # Redis: an empty queue does not "exist"
-                return channel._size(queue)
-            return channel.queue_declare(queue, passive=True).message_count
+            return _ready(conn.default_channel, queue)
     except Exception:  # noqa: BLE001 - an unreachable broker is a reading, not an error
         return None
+
+
+def _ready(channel, queue: str) -> int:
+    if hasattr(channel, "_size"):  # Redis: an empty queue does not "exist"
+        return channel._size(queue)
+    return channel.queue_declare(queue, passive=True).message_count
+
+
+class DepthReader:
+    """``depth`` over one long-lived connection, for a once-a-second reader (the meter)."""
+
+    def __init__(self, celery_app) -> None:
+        self.app, self.conn = celery_app, None
+
+    def __call__(self, queue: str) -> int | None:
+        try:
+            if self.conn is None:
+                self.conn = self.app.connection_for_write()
+                self.conn.ensure_connection(max_retries=1, timeout=1)
+            return _ready(self.conn.default_channel, queue)
+        except Exception:  # noqa: BLE001 - try a fresh connection next time
+            self.close()
+            return None
+
+    def close(self) -> None:
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            try:
+                conn.close()
+            except Exception:  # noqa: BLE001
+                pass
 
 
 def oldest_age_s(queue: str) -> float | None:

@@ -35,6 +35,18 @@ def fresh_engine(**_):
 
 
 @worker_ready.connect
+def watch_backlog(sender=None, **_):
+    """Let the meter tell saturated seconds of this worker's queues from quiet ones."""
+    from config.queues import QUEUES
+    from tasks.queue_stats import DepthReader
+
+    if sender is None:
+        return
+    consumed = sender.app.amqp.queues.consume_from or {}
+    COUNTER.watch([q for q in QUEUES if q in consumed], DepthReader(sender.app))
+
+
+@worker_ready.connect
 def warn_about_redis_durability(sender=None, **_):
     """A Redis broker that evicts keys or keeps no AOF can lose accepted messages."""
     if sender is None or not sender.app.conf.broker_url.startswith("redis"):

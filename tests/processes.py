@@ -53,10 +53,11 @@ def api(env, log_dir, port: int) -> Part:
 
 
 def worker(env, log_dir, name="worker", queues="fanout,aggregation,default",
-           pool="prefork", concurrency=2, extra=()) -> Part:
+           pool: str | None = None, concurrency=2, extra=()) -> Part:
+    """A worker subprocess; ``pool=None`` runs Floodgate's default pool (tasks.pool)."""
+    options = ["-P", pool, "-c", str(concurrency)] if pool else []
     return Part(name, [str(BIN / "celery"), "-A", "config", "worker", "-Q", queues,
-                       "-P", pool, "-c", str(concurrency), "-n", f"{name}@%h",
-                       "--loglevel=INFO", *extra], env, log_dir)
+                       *options, "-n", f"{name}@%h", "--loglevel=INFO", *extra], env, log_dir)
 
 
 def beat(env, log_dir, schedule: Path) -> Part:

@@ -88,8 +88,10 @@ class System:
         return self.base_url
 
     def start_worker(self, name: str = "worker", concurrency: int = 4,
-                     queues: str = "fanout,aggregation,default") -> processes.Part:
-        part = processes.worker(self.env, self.tmp, name=name, queues=queues,
+                     queues: str = "fanout,aggregation,default",
+                     pool: str | None = None) -> processes.Part:
+        """Floodgate's default pool (one task at a time), or ``pool`` with ``concurrency``."""
+        part = processes.worker(self.env, self.tmp, name=name, queues=queues, pool=pool,
                                 concurrency=concurrency,
                                 extra=("--without-mingle", "--without-gossip"))
         self.parts.append(part)

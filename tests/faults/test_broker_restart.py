@@ -62,7 +62,7 @@ def start_running_jobs(broker, floodgate):
     accepted = {a.json()["job_id"]: a.json()["post_id"] for a in answers}
     lock = WriteLock(system.db_url)
     try:
-        worker = system.start_worker(concurrency=JOBS)
+        worker = system.start_worker(concurrency=JOBS, pool="prefork")  # JOBS at once
         wait_for(lambda: all(task_state(j) == "STARTED" for j in accepted), 30,
                  "the jobs did not all start",
                  on_timeout=lambda: {j: task_state(j) for j in accepted})

@@ -60,7 +60,8 @@ def api(celery_session_worker):
 def idle_app():
     """Our Celery config on a broker namespace of its own that no worker consumes."""
     support.reset_namespace("guard")
-    app = Celery("floodgate-idle", set_as_current=False)
+    app = Celery("floodgate-idle", set_as_current=False,
+                 amqp="tasks.brokers.producers:FloodgateAMQP")
     app.config_from_object("config.celeryconfig")
     app.conf.broker_url = support.broker_url("guard")
     with app.connection_for_write() as conn:  # declared as every publisher would

@@ -4,7 +4,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import redis
 
-from config.queues import drained_key, ticket_key
+from config.queues import backlog_key, drained_key, ticket_key
 from tasks import QueueFull, guard
 from tasks.meter import meter_client
 from tasks.models import posts, timeline_entries
@@ -27,15 +27,19 @@ def fill(app, n: int) -> None:
         app.send_task(FANOUT, args=("00000000-0000-0000-0000-000000000000", 0))
 
 
-def set_drain_rate(queue: str, per_s: float) -> None:
+def set_drain_rate(queue: str, per_s: float, backlogged=lambda s: True) -> None:
     """Inject a measured drain rate, as workers would have recorded it."""
     import time
 
     client = meter_client()
     now = int(time.time())
     with client.pipeline() as pipe:
-        for s in range(now - 10, now + 60):
-            pipe.set(drained_key(queue, s), int(per_s), ex=60)
+        for s in range(now - 70, now + 60):
+            pipe.set(drained_key(queue, s), int(per_s(s) if callable(per_s) else per_s), ex=90)
+            if backlogged(s):
+                pipe.set(backlog_key(queue, s), 1, ex=90)
+            else:
+                pipe.delete(backlog_key(queue, s))
         pipe.delete(ticket_key(queue))
         pipe.execute()
     guard._rate_cache.clear()
@@ -68,6 +72,20 @@ def test_a_refusal_is_raised_by_delay_apply_async_and_canvas_alike(idle_app):
     assert depth(idle_app) == LIMIT
 
 
+def test_a_refusal_keeps_the_pooled_connection(idle_app):
+    """Refusing a message must not cost a reconnect (kombu replaces it on any error)."""
+    def pooled_connection():
+        with idle_app.producer_pool.acquire(block=True) as producer:
+            return producer.connection.connection
+
+    fill(idle_app, LIMIT)
+    before = pooled_connection()
+    for _ in range(5):
+        with pytest.raises(QueueFull):
+            fill(idle_app, 1)
+    assert pooled_connection() is before
+
+
 def test_retry_after_comes_from_the_drain_rate_and_halves_when_it_doubles(idle_app):
     fill(idle_app, LIMIT)
 
@@ -89,6 +107,25 @@ def test_retry_after_comes_from_the_drain_rate_and_halves_when_it_doubles(idle_a
     fast, took = last_retry_after(100)
     assert 5 - took - 0.5 <= fast <= 5 + 1, (fast, took)
     assert fast < slow
+
+
+def test_quiet_seconds_do_not_count_as_slow_draining(idle_app):
+    """After light traffic the rate is what workers drained while the queue had a backlog."""
+    import time
+
+    from tasks.meter import drain_rate
+
+    burst_at = int(time.time()) - 20  # a 6 s burst drained at 90/s, 1/s before and since
+    in_burst = lambda s: burst_at <= s < burst_at + 6  # noqa: E731
+    set_drain_rate("fanout", lambda s: 90 if in_burst(s) else 1, backlogged=in_burst)
+    assert drain_rate("fanout") == 90
+    fill(idle_app, LIMIT)
+    with pytest.raises(QueueFull) as info:
+        fill(idle_app, 1)
+    assert info.value.retry_after_s <= 2  # 1/90 s, rounded up: not the 60 s of a 1/s reading
+
+    set_drain_rate("fanout", 1, backlogged=lambda s: False)  # no backlog: what arrived
+    assert drain_rate("fanout") == 1
 
 
 def test_a_full_queue_answers_503_with_retry_after_and_writes_nothing(api, idle_app, monkeypatch):
@@ -156,6 +193,7 @@ def test_the_backoff_helper_honours_retry_after_within_its_bounds(api, idle_app,
     author, _ = make_following(api, followers=0)
     monkeypatch.setattr(tasks.submit, "app", idle_app)
     fill(idle_app, LIMIT)
+    set_drain_rate("fanout", 2)  # refusals 1/2 s apart in the waiting line
     waits, hints = [], []
 
     class Recording:

@@ -61,7 +61,7 @@ def test_row2_a_worker_killed_mid_task_on_redis_is_redelivered_after_the_visibil
 
 def test_row3_a_task_that_kills_its_pool_child_fails_once_and_the_worker_keeps_serving(
         app, tmp_path):
-    worker = workers.start(tmp_path)
+    worker = workers.start(tmp_path, pool="prefork")  # Floodgate's own pool has no child
     try:
         poison, healthy = key(), key()
         result = app.send_task("tests.fault_tasks.kill_own_child", args=(poison,))
@@ -155,8 +155,10 @@ def test_row16_a_task_that_raises_retries_with_backoff_then_fails_with_a_sanitis
     assert "Traceback" not in status["error"] and status["error"].startswith("RuntimeError")
 
 
-def test_row17_soft_limit_runs_cleanup_and_hard_limit_fails_without_redelivery(app, tmp_path):
-    worker = workers.start(tmp_path)
+@pytest.mark.parametrize("pool", [None, "prefork"], ids=["floodgate-pool", "prefork"])
+def test_row17_soft_limit_runs_cleanup_and_hard_limit_fails_without_redelivery(
+        app, tmp_path, pool):
+    worker = workers.start(tmp_path, pool=pool)
     k = key()
     try:
         result = app.send_task("tests.fault_tasks.overstays", args=(k,))
@@ -186,16 +188,21 @@ def test_a_worker_warns_when_its_redis_broker_keeps_no_aof(app, tmp_path):
         worker.stop()
 
 
-def test_a_worker_takes_its_prefetch_from_the_queues_it_consumes(app, tmp_path):
+def test_a_worker_takes_its_prefetch_from_the_queues_it_consumes_and_its_pool_from_p(
+        app, tmp_path):
     from config.queues import PREFETCH
 
-    fast = workers.start(tmp_path, name="fast", queues="fanout", prefetch=1)
-    slow = workers.start(tmp_path, name="slow", queues="aggregation,fanout", prefetch=1)
-    chosen = workers.start(tmp_path, name="chosen", queues="fanout", prefetch=3)
+    fast = workers.start(tmp_path, name="fast", queues="fanout", prefetch=None)
+    slow = workers.start(tmp_path, name="slow", queues="aggregation,fanout", prefetch=None)
+    chosen = workers.start(tmp_path, name="chosen", queues="fanout", prefetch=1, pool="prefork")
     try:
         stats = app.control.inspect(timeout=3).stats() or {}
-        by_name = {name.split("@")[0]: s["prefetch_count"] for name, s in stats.items()}
-        assert by_name == {"fast": PREFETCH["fanout"], "slow": 1, "chosen": 3}
+        by_name = {name.split("@")[0]: s for name, s in stats.items()}
+        prefetch = {name: s["prefetch_count"] for name, s in by_name.items()}
+        assert prefetch == {"fast": PREFETCH["fanout"], "slow": 1, "chosen": 1}
+        pools = {name: s["pool"]["implementation"] for name, s in by_name.items()}
+        assert pools["fast"] == pools["slow"] == "tasks.pool:TaskPool"
+        assert "prefork" in pools["chosen"]  # an explicit -P prefork wins over worker_pool
     finally:
         for worker in (fast, slow, chosen):
             worker.stop()

@@ -29,11 +29,14 @@ def faults_app() -> Celery:
     return app
 
 
-def start(log_dir, name="worker", queues="default", pool="prefork", concurrency=1,
-          prefetch=1, **env) -> processes.Part:
+def start(log_dir, name="worker", queues="default", pool=None, concurrency=1,
+          prefetch: int | None = 1, **env) -> processes.Part:
+    """``pool=None``: Floodgate's default pool; ``prefetch=None``: the queues' own."""
+    extra = ("-I", "tests.fault_tasks")
+    if prefetch is not None:
+        extra += ("--prefetch-multiplier", str(prefetch))
     part = processes.worker(faults_env(**env), log_dir, name=name, queues=queues, pool=pool,
-                            concurrency=concurrency,
-                            extra=("-I", "tests.fault_tasks", "--prefetch-multiplier", str(prefetch)))
+                            concurrency=concurrency, extra=extra)
     wait_until(lambda: "ready." in part.output(), 30, f"{name} never became ready")
     return part
 

@@ -1,6 +1,6 @@
 """The Celery configuration keeps its promises before any worker starts."""
 from config import app
-from config.queues import ROUTES, TIME_LIMITS_S
+from config.queues import PREFETCH, ROUTES, TIME_LIMITS_S
 
 
 def test_json_only_and_late_acks():
@@ -25,6 +25,24 @@ def test_every_task_is_routed_to_a_declared_queue():
 def test_prefetch_follows_the_queues_a_worker_consumes():
     from config.celery_app import prefetch_for
 
-    assert prefetch_for(["fanout"]) == 4
+    assert prefetch_for(["fanout"]) == PREFETCH["fanout"] > 1
     assert prefetch_for(["aggregation"]) == 1
     assert prefetch_for(["fanout", "aggregation"]) == 1  # the long queue's setting wins
+
+
+def test_an_explicit_prefetch_multiplier_wins_even_when_it_equals_the_default(monkeypatch):
+    from types import SimpleNamespace
+
+    from config.celery_app import PerQueuePrefetch
+
+    def consumer_after(argv):
+        monkeypatch.setattr("sys.argv", argv)
+        queues = SimpleNamespace(consume_from={"fanout": None})
+        consumer = SimpleNamespace(prefetch_multiplier=1, initial_prefetch_count=2,
+                                   app=SimpleNamespace(amqp=SimpleNamespace(queues=queues)))
+        PerQueuePrefetch(consumer)
+        return consumer.prefetch_multiplier
+
+    assert consumer_after(["celery", "worker", "-Q", "fanout"]) == PREFETCH["fanout"]
+    assert consumer_after(["celery", "worker", "--prefetch-multiplier", "1"]) == 1
+    assert consumer_after(["celery", "worker", "--prefetch-multiplier=1"]) == 1

@@ -40,7 +40,15 @@ def test_total_time_is_bounded():
     with pytest.raises(QueueFull):
         call_with_backoff(fn, max_attempts=100, max_total_s=1.5, hint_jitter=0)
     elapsed = time.monotonic() - start
-    assert 1.5 <= elapsed < 3.2 and len(fn.calls) <= 3
+    assert 0.9 <= elapsed <= 1.5 and len(fn.calls) == 2
+
+
+def test_a_hint_beyond_the_total_bound_gives_up_at_once_instead_of_oversleeping():
+    waits = []
+    fn = Refuser(refusals=100, retry_after_s=60)
+    with pytest.raises(QueueFull):
+        call_with_backoff(fn, max_total_s=30, sleep=waits.append)
+    assert waits == [] and len(fn.calls) == 1
 
 
 def test_full_jitter_backoff_stays_under_its_cap():
