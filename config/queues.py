@@ -50,6 +50,9 @@ RETRY_AFTER_MAX_S = 60
 DRAIN_WINDOW_S = 5
 #: ...found within this look-back; with none, the plain average of the window.
 DRAIN_LOOKBACK_S = 60
+#: A worker's prefetch window counts against its queue's limit (Redis) while the
+#: worker has reported it within this many seconds.
+WINDOW_FRESH_S = 3
 #: Retry-After while no drain rate has been measured at all (no worker has run).
 RETRY_AFTER_UNMEASURED_S = 5
 
@@ -64,9 +67,9 @@ def backlog_key(queue: str, epoch_s: int) -> str:
     return f"{KEY_PREFIX}:backlog:{queue}:{epoch_s}"
 
 
-def window_key(queue: str) -> str:
-    """Hash of worker -> "prefetch window:epoch s" for the workers consuming ``queue``."""
-    return f"{KEY_PREFIX}:window:{queue}"
+def window_key(queue: str, broker: str) -> str:
+    """Hash of worker -> "prefetch window|epoch s" for the workers consuming ``queue``."""
+    return f"{KEY_PREFIX}:window:{broker}:{queue}"
 
 
 def ticket_key(queue: str) -> str:

@@ -30,7 +30,7 @@ from config.queues import (
 )
 from config.settings import get_settings
 from tasks.errors import EtaTooFar, QueueFull
-from tasks.meter import drain_rate, meter_client
+from tasks.meter import drain_rate, held_by_workers, meter_client
 
 ACCEPTED = Counter("floodgate_accepted", "Submissions admitted to a queue", ["queue"])
 REFUSED = Counter("floodgate_refused", "Submissions refused because a queue was full", ["queue"])
@@ -70,6 +70,22 @@ def cached_drain_rate(queue: str) -> float | None:
         hit = (now, drain_rate(queue))
         _rate_cache[queue] = hit
     return hit[1]
+
+
+_held_cache: dict[tuple[str, str], tuple[float, int]] = {}
+
+
+def room_in_broker(queue: str, broker: str, bound: int) -> int:
+    """How many may wait in the broker: the bound less what workers hold prefetched.
+
+    Never below half the bound, so a fleet whose windows exceed the limit still flows.
+    """
+    now = time.monotonic()
+    hit = _held_cache.get((queue, broker))
+    if hit is None or now - hit[0] > RATE_CACHE_S:
+        hit = (now, held_by_workers(queue, broker))
+        _held_cache[(queue, broker)] = hit
+    return max(math.ceil(bound / 2), bound - hit[1])
 
 
 def length_bound(limit: Limit) -> int:

@@ -18,7 +18,14 @@ from collections.abc import Callable, Iterable
 
 import redis
 
-from config.queues import DRAIN_LOOKBACK_S, DRAIN_WINDOW_S, backlog_key, drained_key
+from config.queues import (
+    DRAIN_LOOKBACK_S,
+    DRAIN_WINDOW_S,
+    WINDOW_FRESH_S,
+    backlog_key,
+    drained_key,
+    window_key,
+)
 from config.settings import get_settings
 
 BUCKET_TTL_S = 120
@@ -43,10 +50,14 @@ class DrainCounter:
         self._thread: threading.Thread | None = None
         self._queues: tuple[str, ...] = ()
         self._depth: Callable[[str], int | None] | None = None
+        self._window: tuple[str, str, int] | None = None
 
-    def watch(self, queues: Iterable[str], depth: Callable[[str], int | None]) -> None:
-        """Mark backlogged seconds of these queues, reading their depth with ``depth``."""
+    def watch(self, queues: Iterable[str], depth: Callable[[str], int | None],
+              worker: str, broker: str, window: int) -> None:
+        """Mark backlogged seconds of these queues, reading their depth with ``depth``,
+        and report this worker's prefetch window on them (see :func:`held_by_workers`)."""
         self._queues, self._depth = tuple(queues), depth
+        self._window = (worker, broker, window)
         self._start()
 
     def add(self, queue: str, n: int = 1) -> None:
@@ -70,7 +81,7 @@ class DrainCounter:
         with self._lock:
             counts, self._counts = self._counts, Counter()
         client = meter_client()
-        if client is None or not (counts or backlogged):
+        if client is None:
             return
         now = int(time.time())
         try:
@@ -80,10 +91,19 @@ class DrainCounter:
                     pipe.expire(drained_key(queue, now), BUCKET_TTL_S)
                 for queue in backlogged:
                     pipe.set(backlog_key(queue, now), 1, ex=BUCKET_TTL_S)
+                self._report_window(pipe, now)
                 pipe.execute()
         except redis.RedisError:
             with self._lock:  # keep the counts for the next flush
                 self._counts.update(counts)
+
+    def _report_window(self, pipe, now: int) -> None:
+        if self._window is None:
+            return
+        worker, broker, window = self._window
+        for queue in self._queues:
+            pipe.hset(window_key(queue, broker), worker, f"{window}|{now}")
+            pipe.expire(window_key(queue, broker), BUCKET_TTL_S)
 
     def _run(self) -> None:
         while True:
@@ -92,6 +112,33 @@ class DrainCounter:
 
 
 COUNTER = DrainCounter()
+
+
+def broker_id(connection) -> str:
+    """Which broker a kombu connection talks to (password masked): windows are per broker."""
+    return connection.as_uri()
+
+
+def held_by_workers(queue: str, broker: str) -> int:
+    """Messages the live workers of ``queue`` may hold prefetched: the sum of their windows.
+
+    Prefetched messages have left the broker's list but not started; they wait as
+    long as those still queued, so the guard counts them against the limit.
+    """
+    client = meter_client()
+    if client is None:
+        return 0
+    try:
+        entries = client.hgetall(window_key(queue, broker))
+    except redis.RedisError:
+        return 0
+    fresh_after = time.time() - WINDOW_FRESH_S
+    held = 0
+    for value in entries.values():
+        window, _, at = value.decode().partition("|")
+        if float(at or 0) >= fresh_after:
+            held += int(window)
+    return held
 
 
 def drain_rate(queue: str, window_s: int = DRAIN_WINDOW_S,

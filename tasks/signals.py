@@ -36,14 +36,18 @@ def fresh_engine(**_):
 
 @worker_ready.connect
 def watch_backlog(sender=None, **_):
-    """Let the meter tell saturated seconds of this worker's queues from quiet ones."""
+    """Let the meter tell backlogged seconds of this worker's queues from quiet ones,
+    and report how many messages this worker may hold prefetched."""
     from config.queues import QUEUES
+    from tasks.meter import broker_id
     from tasks.queue_stats import DepthReader
 
     if sender is None:
         return
     consumed = sender.app.amqp.queues.consume_from or {}
-    COUNTER.watch([q for q in QUEUES if q in consumed], DepthReader(sender.app))
+    window = getattr(getattr(sender, "qos", None), "value", None) or sender.initial_prefetch_count
+    COUNTER.watch([q for q in QUEUES if q in consumed], DepthReader(sender.app),
+                  worker=sender.hostname, broker=broker_id(sender.connection), window=window)
 
 
 @worker_ready.connect

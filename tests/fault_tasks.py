@@ -72,6 +72,12 @@ def overstays(key: str) -> None:
         time.sleep(10)  # ignores the soft limit; the hard limit must end it
 
 
+@app.task(name="tests.fault_tasks.holds_gil", acks_late=True, soft_time_limit=1, time_limit=2)
+def holds_gil(key: str) -> None:
+    attempt(key)
+    sum(range(10**13))  # C code that holds the GIL and never checks for signals
+
+
 @app.task(bind=True, name="tests.fault_tasks.timed", acks_late=True)
 def timed(self, key: str, seconds: float) -> None:
     """Record how long this message waited between its publish and its start."""

@@ -10,6 +10,7 @@ from redis.exceptions import NoScriptError
 from config.settings import get_settings
 from tasks import guard
 from tasks.errors import BrokerUnavailable
+from tasks.meter import broker_id
 
 # KEYS: the queue's priority sub-lists. ARGV: bound, index of the target list, message.
 ADMIT_LUA = """
@@ -41,16 +42,23 @@ class Channel(kombu_redis.Channel):
             return super()._put(queue, message, **kwargs)
         guard.check_eta(queue, (message.get("headers") or {}).get("eta"))
         bound = guard.length_bound(limit)
+        room = guard.room_in_broker(queue, self._broker_id(), bound)
         keys = list(dict.fromkeys(self._q_for_pri(queue, p) for p in self.priority_steps))
         target = self._q_for_pri(queue, self._get_message_priority(message, reverse=False))
         try:
-            ok, depth = admit(self._admit_client(), keys, keys.index(target) + 1, bound,
+            ok, depth = admit(self._admit_client(), keys, keys.index(target) + 1, room,
                               kombu_redis.dumps(message))
         except redis.TimeoutError as exc:
             raise BrokerUnavailable(queue, f"the broker did not answer in time: {exc}") from None
-        if not ok:
-            raise guard.refuse(queue, depth, bound)
+        if not ok:  # the depth reported counts what workers hold, as the limit does
+            raise guard.refuse(queue, depth + bound - room, bound)
         guard.admitted(queue)
+
+    def _broker_id(self) -> str:
+        found = getattr(self, "_fg_broker_id", None)
+        if found is None:
+            found = self._fg_broker_id = broker_id(self.connection.client)
+        return found
 
     def _admit_client(self) -> redis.Redis:
         """A client whose reads time out, kept apart from the worker's blocking BRPOPs."""

@@ -33,6 +33,18 @@ def celery_session_app():
     return app
 
 
+def _as_worker_ready(sender=None, worker=None, consumer=None, **_):
+    """Celery's test worker sends test_worker_started instead of worker_ready; send ours."""
+    from tasks.signals import watch_backlog
+
+    watch_backlog(sender=consumer)
+
+
+from celery.contrib.testing.worker import test_worker_started  # noqa: E402
+
+test_worker_started.connect(_as_worker_ready, weak=False)
+
+
 @pytest.fixture(scope="session")
 def celery_includes():
     return ["celery.contrib.testing.tasks", "tasks.fanout", "scheduler.tasks"]

@@ -72,6 +72,41 @@ def test_a_refusal_is_raised_by_delay_apply_async_and_canvas_alike(idle_app):
     assert depth(idle_app) == LIMIT
 
 
+@pytest.mark.skipif(__import__("tests.support").support.broker_kind() != "redis",
+                    reason="RabbitMQ's x-max-length counts ready messages only")
+def test_messages_prefetched_by_workers_count_against_the_limit(idle_app):
+    import time
+
+    from config.queues import window_key
+    from tasks.meter import broker_id
+
+    with idle_app.connection_for_write() as conn:
+        key = window_key("fanout", broker_id(conn))
+    client = meter_client()
+    client.hset(key, "w1@host", f"30|{time.time()}")
+    client.hset(key, "w2@host", f"20|{time.time()}")
+    client.hset(key, "gone@host", f"500|{time.time() - 60}")  # stopped reporting: ignored
+    guard._held_cache.clear()
+    try:
+        fill(idle_app, LIMIT - 50)
+        with pytest.raises(QueueFull, match=r"is full \(200/200\)"):
+            fill(idle_app, 1)
+        assert depth(idle_app) == LIMIT - 50
+    finally:
+        client.delete(key)
+        guard._held_cache.clear()
+
+
+def test_a_live_worker_reports_its_prefetch_window(celery_session_worker, celery_session_app):
+    import time
+
+    from tasks.meter import broker_id, held_by_workers
+
+    time.sleep(1.5)  # one flush
+    with celery_session_app.connection_for_write() as conn:
+        assert held_by_workers("fanout", broker_id(conn)) >= 1
+
+
 def test_a_refusal_keeps_the_pooled_connection(idle_app):
     """Refusing a message must not cost a reconnect (kombu replaces it on any error)."""
     def pooled_connection():

@@ -173,6 +173,22 @@ def test_row17_soft_limit_runs_cleanup_and_hard_limit_fails_without_redelivery(
         worker.stop()
 
 
+def test_row17_a_task_holding_the_gil_past_its_hard_limit_is_ended_by_the_cpu_backstop(
+        app, tmp_path):
+    """Neither the soft limit's signal handler nor the watchdog thread can run while C code
+    holds the GIL; Floodgate's pool then relies on a CPU-time timer's default action."""
+    worker = workers.start(tmp_path)  # Floodgate's pool
+    k = key()
+    try:
+        app.send_task("tests.fault_tasks.holds_gil", args=(k,))
+        wait_until(lambda: worker.proc.poll() is not None, 60, "the backstop never ended it")
+        assert worker.proc.returncode == -signal.SIGVTALRM
+        assert counter("attempts", k) == 1
+        assert "Hard time limit" not in worker.output()  # the watchdog never got the GIL
+    finally:
+        worker.stop()
+
+
 def _database_url() -> str:
     import os
 
