@@ -50,13 +50,13 @@ def explicit_prefetch(argv: list[str]) -> bool:
 
 
 # Celery's CLI replaces an explicit `-P prefork` with a configured worker_pool;
-# honour it, as every other -P value is honoured.
+# honour it, as every other -P value is honoured. Without -P the pool is Floodgate's,
+# which runs one task at a time: Celery would otherwise take the CPU count as its
+# concurrency and prefetch that many times over. (Only set here, never read: reading
+# app.conf at import would load the settings in every process that imports config.)
 if (_pool := explicit_option(sys.argv, "-P", "--pool")) is not None:
     app.conf.worker_pool = _pool
-# Floodgate's pool runs one task at a time; Celery would otherwise count CPUs as its
-# concurrency and prefetch that many times over.
-if app.conf.worker_pool == "tasks.pool:TaskPool" and not explicit_option(
-        sys.argv, "-c", "--concurrency"):
+elif explicit_option(sys.argv, "-c", "--concurrency") is None:
     app.conf.worker_concurrency = 1
 
 

@@ -93,9 +93,11 @@ class TaskPool(solo.TaskPool):
             raise SoftTimeLimitExceeded()
 
     def _hard_timeout(self, token, timeout_callback, timeout) -> None:
-        with self._lock:
-            if self._running is not token:
-                return  # the task finished as the limit passed
+        # Held until the exec: a task that returns just now cannot go on to its own ack.
+        self._lock.acquire()
+        if self._running is not token:
+            self._lock.release()
+            return  # the task finished as the limit passed
         request = getattr(timeout_callback, "__self__", None)
         try:
             timeout_callback(False, timeout)  # FAILURE(TimeLimitExceeded), ack
