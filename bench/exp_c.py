@@ -78,11 +78,21 @@ def phase_clients(params: dict) -> dict:
     return out
 
 
+def broker_room(app, limit: int) -> int:
+    """The limit less what workers may hold prefetched (counted on Redis: tasks/guard.py)."""
+    from tasks import guard
+    from tasks.meter import broker_id
+
+    with app.connection_for_write() as conn:
+        room = guard.room_in_broker(QUEUE, broker_id(conn), limit)
+    return room if os.environ["BENCH_BROKER"] == "redis" else limit
+
+
 def keep_full(producers, task_ms: float, depth, limit: int, seconds: float) -> None:
     """Hold the queue just under its limit, without a refusal, so the meter learns the rate."""
     end = time.time() + seconds
     while time.time() < end:
-        for _ in range(max(0, limit - 5 - depth())):
+        for _ in range(max(0, broker_room(producers.app, limit) - 5 - depth())):
             producers.send("bench.sleep", (task_ms,), QUEUE)
         time.sleep(0.05)
 
