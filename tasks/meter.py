@@ -63,7 +63,8 @@ class DrainCounter:
     def add(self, queue: str, n: int = 1) -> None:
         with self._lock:
             self._counts[queue] += n
-        self._start()
+        if self._thread is None:  # runs once per task: no second lock on the usual path
+            self._start()
 
     def _start(self) -> None:
         with self._lock:
