@@ -19,7 +19,7 @@ from bench.procs import Worker, run_phase
 from bench.producers import Producers
 from bench.stats import median, rnd
 
-N = 5_000
+N = 10_000
 EDGE = 300
 TARGET = 0.9
 
@@ -169,7 +169,7 @@ def _diagnose(broker: str, n: int, reference: float) -> dict:
     return out
 
 
-def run(broker: str, n: int = N, reps: int = 3, diagnose: bool = True,
+def run(broker: str, n: int = N, reps: int = 5, diagnose: bool = True,
         n_diagnostic: int = 2500) -> dict:
     screen = {name: _drain(broker, spec, n_diagnostic) for name, spec in PLAIN.items()}
     fastest = max(screen, key=lambda k: screen[k]["rate"] or 0)

@@ -54,7 +54,7 @@ METHOD = """## How the experiments run
   not measured), then one worker starts; drain rate = tasks / (last task's end - first
   task's start), from the first and last 300 tasks' own timestamps. Plain candidates run
   once each to pick the fastest; then plain fastest, Floodgate's defaults and the
-  same worker with `-P prefork` are alternated 3 times (median, and the median of per-rep
+  same worker with `-P prefork` are alternated 5 times (median, and the median of per-rep
   ratios). Diagnostics run once each. Every bench worker runs with `--without-mingle
   --without-gossip` (start-up only; nothing in the drain loop).
 """
