@@ -44,7 +44,8 @@ local rate = tonumber(ARGV[2])
 local slot = tonumber(redis.call('GET', KEYS[1]) or '0')
 local earliest = now + tonumber(ARGV[1]) / rate
 if slot < earliest then slot = earliest end
-local latest = now + tonumber(ARGV[3])
+local horizon = math.max(tonumber(ARGV[4]), tonumber(ARGV[1]) / rate)
+local latest = now + math.min(tonumber(ARGV[3]), horizon)
 if slot > latest then slot = latest end
 redis.call('SET', KEYS[1], tostring(slot + 1 / rate), 'EX', 3600)
 return tostring(slot - now)
@@ -106,7 +107,11 @@ def retry_after_s(queue: str, depth: int, bound: int) -> int:
         return RETRY_AFTER_UNMEASURED_S
     excess = max(1, depth - bound + 1)
     try:
-        wait = float(client.eval(_TICKET, 1, ticket_key(queue), excess, rate, RETRY_AFTER_MAX_S))
+        # The line never reaches past one turnover of the whole queue (bound / rate):
+        # by then every slot promised before has come round, so a line left long by
+        # an earlier, slower rate falls back instead of holding everyone at the cap.
+        wait = float(client.eval(_TICKET, 1, ticket_key(queue), excess, rate, RETRY_AFTER_MAX_S,
+                                 max(1, bound) / rate))
     except redis.RedisError:
         wait = excess / rate
     return int(min(RETRY_AFTER_MAX_S, max(RETRY_AFTER_MIN_S, math.ceil(wait))))

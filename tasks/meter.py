@@ -149,9 +149,9 @@ def drain_rate(queue: str, window_s: int = DRAIN_WINDOW_S,
     Measured over the last ``window_s`` backlogged seconds within ``lookback_s``:
     the smaller of their average and that of the last FAST_WINDOW_S of them, so a
     rate that drops (a worker stopped) is believed within seconds, one that rises
-    only once it has lasted. With no backlogged second, workers have kept up with
-    what arrived, and the plain average of the last ``window_s`` seconds is a
-    lower bound; 0 there means nothing was measured.
+    only once it has lasted. With no backlogged second the workers have kept up
+    with what arrived, which says how much arrived, not how fast they can drain:
+    unknown (None), and the guard answers a short Retry-After until it is known.
     """
     client = meter_client()
     if client is None:
@@ -165,10 +165,7 @@ def drain_rate(queue: str, window_s: int = DRAIN_WINDOW_S,
         return None
     counts = [int(v) if v else 0 for v in values[:lookback_s]]
     busy = [n for n, flag in zip(counts, values[lookback_s:]) if flag]
-    if busy:
-        return _busy_rate(busy, window_s)
-    recent = counts[-window_s:]
-    return sum(recent) / window_s or None
+    return _busy_rate(busy, window_s) if busy else None
 
 
 def _busy_rate(busy: list[int], window_s: int) -> float | None:

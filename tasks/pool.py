@@ -114,6 +114,7 @@ class TaskPool(solo.TaskPool):
             elif running.soft_s and elapsed >= running.soft_s and not running.soft_sent:
                 running.soft_sent = True
                 signal.pthread_kill(self._main, signal.SIGALRM)
+                running.on_timeout(True, running.soft_s)  # Celery's warning, as prefork logs
 
     def _hard_timeout(self, running: Running) -> None:
         self._lock.acquire()  # a task that returns just now cannot go on to its own ack

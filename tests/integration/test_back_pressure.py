@@ -4,7 +4,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import redis
 
-from config.queues import backlog_key, drained_key, ticket_key
+from config.queues import RETRY_AFTER_UNMEASURED_S, backlog_key, drained_key, ticket_key
 from tasks import QueueFull, guard
 from tasks.meter import meter_client
 from tasks.models import posts, timeline_entries
@@ -97,6 +97,28 @@ def test_messages_prefetched_by_workers_count_against_the_limit(idle_app):
         guard._held_cache.clear()
 
 
+def test_a_flush_marks_backlogged_seconds_and_reports_the_window():
+    import time
+
+    from config.queues import window_key
+    from tasks.meter import DrainCounter, held_by_workers
+
+    counter, depths = DrainCounter(), {"fanout": 7, "quiet-test": 0}
+    counter.watch(["fanout", "quiet-test"], depth=depths.get, worker="w@test",
+                  broker="test-broker", window=8)
+    counter.add("fanout", 3)
+    counter.flush()
+    now, client = int(time.time()), meter_client()
+    try:
+        seconds = (now - 1, now)  # the flush's second
+        assert any(client.get(backlog_key("fanout", s)) == b"1" for s in seconds)  # depth 7
+        assert not any(client.get(backlog_key("quiet-test", s)) for s in seconds)  # empty
+        assert held_by_workers("fanout", "test-broker") == 8
+    finally:
+        counter._queues, counter._window = (), None  # its flush thread reports nothing more
+        client.delete(window_key("fanout", "test-broker"), window_key("quiet-test", "test-broker"))
+
+
 def test_a_live_worker_reports_its_prefetch_window(celery_session_worker, celery_session_app):
     import time
 
@@ -159,8 +181,12 @@ def test_quiet_seconds_do_not_count_as_slow_draining(idle_app):
         fill(idle_app, 1)
     assert info.value.retry_after_s <= 2  # 1/90 s, rounded up: not the 60 s of a 1/s reading
 
-    set_drain_rate("fanout", 1, backlogged=lambda s: False)  # no backlog: what arrived
-    assert drain_rate("fanout") == 1
+    set_drain_rate("fanout", 1, backlogged=lambda s: False)  # no backlog: demand, not capacity
+    assert drain_rate("fanout") is None
+    guard._rate_cache.clear()
+    with pytest.raises(QueueFull) as info:
+        fill(idle_app, 1)
+    assert info.value.retry_after_s == RETRY_AFTER_UNMEASURED_S  # not 60 s from 1/s
 
 
 def test_a_full_queue_answers_503_with_retry_after_and_writes_nothing(api, idle_app, monkeypatch):

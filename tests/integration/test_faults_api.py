@@ -128,10 +128,10 @@ def test_row20_a_job_whose_result_expired_still_answers_from_the_database(api):
 def test_metrics_expose_depth_limit_counters_and_drain_rate(api, idle_app, monkeypatch):
     import tasks.submit
 
+    from tests.integration.test_back_pressure import set_drain_rate
+
     author, _ = make_following(api, followers=0)
-    for _ in range(3):
-        api.post("/posts", json={"author": author, "text": "metered"})
-    time.sleep(2.5)  # the worker's meter flushes once a second
+    set_drain_rate("fanout", 40)  # as workers record it while the queue has a backlog
     monkeypatch.setattr(tasks.submit, "app", idle_app)
     for _ in range(200):
         idle_app.send_task(FANOUT, args=("x", 0))
@@ -142,4 +142,4 @@ def test_metrics_expose_depth_limit_counters_and_drain_rate(api, idle_app, monke
     refused = [l for l in text.splitlines() if l.startswith('floodgate_refused_total{queue="fanout"}')]
     assert refused and float(refused[0].split()[-1]) >= 1
     rate = [l for l in text.splitlines() if l.startswith('floodgate_queue_drain_rate{queue="fanout"}')]
-    assert rate and float(rate[0].split()[-1]) > 0
+    assert rate and float(rate[0].split()[-1]) == 40
