@@ -48,12 +48,12 @@ RETRY_AFTER_MAX_S = 60
 #: Drain rate is averaged over this many whole seconds in which the queue had a
 #: backlog (quiet seconds say how much arrived, not how fast workers can drain)...
 DRAIN_WINDOW_S = 5
-#: ...found within this look-back; with none, the plain average of the window.
+#: ...found within this look-back; with none, the rate is unknown.
 DRAIN_LOOKBACK_S = 60
 #: A worker's prefetch window counts against its queue's limit (Redis) while the
 #: worker has reported it within this many seconds.
 WINDOW_FRESH_S = 3
-#: Retry-After while no drain rate has been measured at all (no worker has run).
+#: Retry-After while the drain rate is unknown (no backlogged second in the look-back).
 RETRY_AFTER_UNMEASURED_S = 5
 
 KEY_PREFIX = "floodgate"

@@ -103,7 +103,7 @@ def retry_after_s(queue: str, depth: int, bound: int) -> int:
     """Seconds until the slot this refused caller can have, from the drain rate."""
     rate = cached_drain_rate(queue)
     client = meter_client()
-    if not rate or client is None:  # no worker has drained it yet: look again soon
+    if not rate or client is None:  # rate unknown (no recent backlog): look again soon
         return RETRY_AFTER_UNMEASURED_S
     excess = max(1, depth - bound + 1)
     try:
