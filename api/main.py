@@ -11,7 +11,14 @@ from api.limits import BodySizeLimit
 from api.routes import aggregates, jobs, ops, posts, users
 from config.settings import get_settings
 from tasks.db import engine
-from tasks.errors import BrokerUnavailable, JobNotFound, NameTaken, QueueFull, UnknownUser
+from tasks.errors import (
+    BrokerUnavailable,
+    JobNotFound,
+    NameTaken,
+    QueueFull,
+    StoreFailed,
+    UnknownUser,
+)
 
 settings = get_settings()
 
@@ -45,6 +52,12 @@ def _queue_full(_: Request, exc: QueueFull) -> JSONResponse:
 @app.exception_handler(BrokerUnavailable)
 def _broker_down(_: Request, exc: BrokerUnavailable) -> JSONResponse:
     return _json(503, str(exc), {"Retry-After": str(exc.retry_after_s)}, queue=exc.queue,
+                 retry_after_s=exc.retry_after_s)
+
+
+@app.exception_handler(StoreFailed)
+def _store_failed(_: Request, exc: StoreFailed) -> JSONResponse:
+    return _json(503, str(exc), {"Retry-After": str(exc.retry_after_s)}, job_id=exc.job_id,
                  retry_after_s=exc.retry_after_s)
 
 

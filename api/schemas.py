@@ -68,6 +68,9 @@ class JobStatus(BaseModel):
     progress: dict
     result: dict | None
     error: str | None
+    submitted_at: float = Field(description="when the job was stored, epoch seconds")
+    started_at: float | None = Field(description="when a worker first started it")
+    finished_at: float | None = Field(description="when it succeeded or failed")
 
 
 class Window(BaseModel):

@@ -43,6 +43,11 @@ class Settings(BaseSettings):
     )
     fanout_chunk_size: int = Field(default=500, ge=1, le=100_000)
     republish_after_s: int = Field(default=120, ge=10)
+    commit_grace_s: float = Field(
+        default=10, gt=0, le=600,
+        description="how long a worker waits for the API to commit a job it was handed "
+        "before fencing it as abandoned (tasks/handoff.py)",
+    )
     max_body_bytes: int = Field(default=64 * 1024, ge=1024)
     task_soft_time_limit_s: int = Field(default=240, ge=1)
     task_time_limit_s: int = Field(default=300, ge=2)
@@ -58,6 +63,13 @@ class Settings(BaseSettings):
     )
     publish_timeout_s: float = Field(default=1.0, gt=0, le=30)
     max_redeliveries: int = Field(default=3, ge=0, le=100)
+    # https://docs.celeryq.dev/en/stable/userguide/configuration.html#worker-send-task-events
+    worker_send_task_events: bool = Field(
+        default=False,
+        description="workers send task events from their start (three extra publishes per "
+        "task); on wherever Flower runs, which otherwise switches them on only ~5 s after "
+        "it starts and misses the tasks run before",
+    )
 
     @field_validator("broker_url", "result_backend", "meter_url", "database_url")
     @classmethod

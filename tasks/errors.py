@@ -5,6 +5,7 @@
      │    ├── QueueFull       the queue is at its limit; retry after retry_after_s
      │    └── EtaTooFar       a countdown the broker would deliver twice
      ├── BrokerUnavailable    the broker did not accept the message in time
+     ├── StoreFailed          the job was admitted but its rows could not be stored
      ├── JobNotFound          no job was ever issued with that id
      ├── UnknownUser          a request named a user who does not exist
      ├── NameTaken            a user with this name already exists
@@ -60,6 +61,27 @@ class BrokerUnavailable(FloodgateError):
         self.message = (f"broker unavailable while submitting to {queue!r}: {cause}; "
                         f"retry in {retry_after_s} s")
         super().__init__(queue, cause, retry_after_s)
+
+
+class StoreFailed(FloodgateError):
+    """An admitted job's rows could not be committed, so the job was dropped.
+
+    With ``fenced`` the job id was marked abandoned: nothing was kept and the
+    admitted message will be skipped. Without it the database could not even be
+    asked; a worker fences the id within COMMIT_GRACE_S. Retry after
+    ``retry_after_s``.
+    """
+
+    def __init__(self, job_id: str, cause: str, fenced: bool = True,
+                 retry_after_s: int = 5) -> None:
+        self.job_id, self.cause, self.fenced = job_id, cause, fenced
+        self.retry_after_s = retry_after_s
+        kept = ("nothing was kept" if fenced else
+                f"if it was stored after all, GET /jobs/{job_id} shows it within seconds; "
+                "otherwise nothing was kept")
+        self.message = (f"the database did not store job {job_id} ({cause}); {kept}; "
+                        f"retry in {retry_after_s} s")
+        super().__init__(job_id, cause, fenced, retry_after_s)
 
 
 class JobNotFound(FloodgateError):

@@ -18,6 +18,7 @@ from tasks import jobs
 from tasks.db import engine
 from tasks.base import FloodgateTask
 from tasks.errors import BrokerUnavailable, QueueFull
+from tasks.handoff import committed_job
 from tasks.timeline import chunked, deliver, follower_ids, post_row
 
 log = get_task_logger(__name__)
@@ -51,7 +52,12 @@ def sanitise(exc: BaseException) -> str:
 
 
 @app.task(bind=True, base=JobTask, name="tasks.fanout.fanout_post", track_started=True)
-def fanout_post(self, job_id: str, post_id: int) -> dict:
+def fanout_post(self, job_id: str, post_id: int | None = None) -> dict:
+    """``post_id`` is optional: the API publishes before the post exists (tasks/handoff.py)."""
+    job = committed_job(job_id, "fanout", get_settings().commit_grace_s)
+    if job is None:
+        return {"skipped": "abandoned: the API never committed this job"}
+    post_id = job.post_id
     with engine().begin() as conn:
         post = post_row(conn, post_id)
         if post is None:

@@ -114,12 +114,18 @@ def retry_after_s(queue: str, depth: int, bound: int) -> int:
                                  max(1, bound) / rate))
     except redis.RedisError:
         wait = excess / rate
-    return int(min(RETRY_AFTER_MAX_S, max(RETRY_AFTER_MIN_S, math.ceil(wait))))
+    return clamp(wait)
 
 
-def refuse(queue: str, depth: int, bound: int) -> QueueFull:
+def refuse(queue: str, depth: int, bound: int, wait_s: float | None = None) -> QueueFull:
+    """The error for a refusal; ``wait_s``: the ticket, when the broker already drew it."""
     REFUSED.labels(queue).inc()
-    return QueueFull(queue=queue, depth=depth, limit=bound, retry_after_s=retry_after_s(queue, depth, bound))
+    after_s = retry_after_s(queue, depth, bound) if wait_s is None else clamp(wait_s)
+    return QueueFull(queue=queue, depth=depth, limit=bound, retry_after_s=after_s)
+
+
+def clamp(wait_s: float) -> int:
+    return int(min(RETRY_AFTER_MAX_S, max(RETRY_AFTER_MIN_S, math.ceil(wait_s))))
 
 
 def admitted(queue: str) -> None:

@@ -29,6 +29,9 @@ def job_status(job_id: str) -> dict:
         "progress": {"chunks_done": done, "chunks_total": row.chunks_total},
         "result": result,
         "error": row.error,
+        "submitted_at": row.created_at,
+        "started_at": row.started_at,
+        "finished_at": row.finished_at,
     }
 
 

@@ -2,6 +2,10 @@
 
 A job's state only moves forward: queued -> running -> succeeded | failed.
 Progress is the count of finished chunks, so a redelivered chunk counts once.
+
+``abandoned`` is the fourth end: a worker found a message whose job the API never
+committed, and fenced the id so that a late commit fails (:mod:`tasks.handoff`).
+Its client got a 503, so to users the job was never issued.
 """
 from __future__ import annotations
 
@@ -14,7 +18,8 @@ from tasks.errors import JobNotFound
 from tasks.models import job_chunks, jobs
 
 QUEUED, RUNNING, SUCCEEDED, FAILED = "queued", "running", "succeeded", "failed"
-FINAL = (SUCCEEDED, FAILED)
+ABANDONED = "abandoned"
+FINAL = (SUCCEEDED, FAILED, ABANDONED)
 
 
 def create_job(conn, job_id: str, kind: str, post_id: int | None = None) -> None:
@@ -26,19 +31,38 @@ def create_job(conn, job_id: str, kind: str, post_id: int | None = None) -> None
     )
 
 
+def find(conn, job_id: str):
+    return conn.execute(select(jobs).where(jobs.c.id == job_id)).first()
+
+
 def get_job(conn, job_id: str):
-    row = conn.execute(select(jobs).where(jobs.c.id == job_id)).first()
-    if row is None:
+    """The job a user was promised; an abandoned one was never issued to anyone."""
+    row = find(conn, job_id)
+    if row is None or row.state == ABANDONED:
         raise JobNotFound(job_id)
     return row
 
 
+def fence(conn, job_id: str, kind: str) -> bool:
+    """Claim ``job_id`` as abandoned unless its job is already there; True if claimed.
+
+    The primary key decides: whichever of this insert and the API's commits first
+    wins, and the other one conflicts (see :mod:`tasks.handoff`).
+    """
+    now = time.time()
+    row = {"id": job_id, "kind": kind, "state": ABANDONED, "created_at": now,
+           "updated_at": now, "finished_at": now}
+    return conn.execute(insert_ignore(conn, jobs).values(row)).rowcount == 1
+
+
 def start(conn, job_id: str, chunks_total: int) -> bool:
     """Mark running with its chunk count; False if the job is already final."""
+    now = time.time()
     result = conn.execute(
         update(jobs)
         .where(jobs.c.id == job_id, jobs.c.state.not_in(FINAL))
-        .values(state=RUNNING, chunks_total=chunks_total, updated_at=time.time())
+        .values(state=RUNNING, chunks_total=chunks_total, updated_at=now,
+                started_at=func.coalesce(jobs.c.started_at, now))
     )
     return result.rowcount == 1
 
@@ -58,10 +82,11 @@ def finish_chunk(conn, job_id: str, chunk_index: int, delivered: int) -> tuple[i
     done = chunks_done(conn, job_id)
     total = conn.execute(select(jobs.c.chunks_total).where(jobs.c.id == job_id)).scalar()
     finished = total is not None and done >= total
+    now = time.time()
     conn.execute(  # progress refreshes updated_at, so only a stalled job looks stale
         update(jobs)
         .where(jobs.c.id == job_id, jobs.c.state.not_in(FINAL))
-        .values(updated_at=time.time(), **({"state": SUCCEEDED} if finished else {}))
+        .values(updated_at=now, **({"state": SUCCEEDED, "finished_at": now} if finished else {}))
     )
     return done, total or 0
 
@@ -76,7 +101,7 @@ def fail(conn, job_id: str, error: str) -> None:
     conn.execute(
         update(jobs)
         .where(jobs.c.id == job_id, jobs.c.state.not_in(FINAL))
-        .values(state=FAILED, error=error, updated_at=time.time())
+        .values(state=FAILED, error=error, updated_at=time.time(), finished_at=time.time())
     )
 
 

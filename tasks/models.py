@@ -65,6 +65,8 @@ jobs = Table(
     Column("error", Text, nullable=True),
     Column("created_at", Float, nullable=False),
     Column("updated_at", Float, nullable=False),
+    Column("started_at", Float, nullable=True),
+    Column("finished_at", Float, nullable=True),
     Index("ix_jobs_state_created", "state", "created_at"),
 )
 

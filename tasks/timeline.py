@@ -40,7 +40,11 @@ def follow(conn, follower: str, followee: str) -> bool:
 
 def create_post(conn, author: str, text: str) -> dict:
     """Store a post and put it on its author's own timeline at once."""
-    author_id = user_id(conn, author)
+    return insert_post(conn, user_id(conn, author), text)
+
+
+def insert_post(conn, author_id: int, text: str) -> dict:
+    """:func:`create_post` for an author whose id is already known."""
     now = time.time()
     post_id = conn.execute(
         posts.insert().values(author_id=author_id, text=text, created_at=now)

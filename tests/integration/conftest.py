@@ -15,6 +15,7 @@ os.environ.update(
     DATABASE_URL=support.database_url("floodgate_test", _tmp),
     QUEUE_LIMITS="fanout=200,aggregation=50,default=5000",
     FANOUT_CHUNK_SIZE="50",
+    COMMIT_GRACE_S="2",
     FLOWER_BASIC_AUTH="admin:integration-pass",
 )
 os.environ.pop("METER_URL", None)

@@ -1,0 +1,170 @@
+"""Publish first, then store (tasks/handoff.py): a refusal does no database work,
+a 503 leaves nothing behind, and a 202's job runs, across the crash window."""
+import contextlib
+import threading
+import time
+import uuid
+
+import pytest
+from celery.result import AsyncResult
+from sqlalchemy import event, text
+from sqlalchemy.exc import IntegrityError
+
+from tasks import jobs
+from tasks.db import engine
+from tasks.handoff import FANOUT_TASK
+from tasks.models import posts, timeline_entries
+from tests.integration.helpers import count, make_following, wait_for
+from tests.integration.test_back_pressure import LIMIT, depth, fill
+
+GRACE_S = 2  # COMMIT_GRACE_S in conftest
+
+
+@contextlib.contextmanager
+def statements_seen():
+    seen: list[str] = []
+    listener = lambda conn, cursor, statement, *a: seen.append(statement)  # noqa: E731
+    event.listen(engine(), "before_cursor_execute", listener)
+    try:
+        yield seen
+    finally:
+        event.remove(engine(), "before_cursor_execute", listener)
+
+
+@contextlib.contextmanager
+def tables_locked():
+    """Hold every table a post writes, as a long transaction of another client would."""
+    with engine().connect() as conn:
+        if conn.dialect.name == "postgresql":
+            conn.execute(text("BEGIN"))
+            conn.execute(text("LOCK TABLE posts, timeline_entries, jobs IN ACCESS EXCLUSIVE MODE"))
+        else:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")  # SQLite's one write lock
+        try:
+            yield
+        finally:
+            conn.rollback()
+
+
+def test_a_refusal_does_no_database_work_and_needs_no_lock(api, idle_app, monkeypatch):
+    import tasks.submit
+
+    author, _ = make_following(api, followers=1)
+    assert api.post("/posts", json={"author": author, "text": "first"}).status_code == 202
+    monkeypatch.setattr(tasks.submit, "app", idle_app)  # a broker no worker drains
+    fill(idle_app, LIMIT)
+    before = count(posts), count(timeline_entries)
+
+    with tables_locked(), statements_seen() as seen:
+        started = time.monotonic()
+        response = api.post("/posts", json={"author": author, "text": "refused"})
+        took_s = time.monotonic() - started
+
+    assert response.status_code == 503 and "is full" in response.json()["detail"]
+    assert seen == []  # not even a read
+    assert took_s < 1, f"the refusal waited {took_s:.2f} s for a lock"
+    assert (count(posts), count(timeline_entries)) == before
+    assert depth(idle_app) == LIMIT
+
+
+def test_a_job_published_but_never_committed_is_fenced_and_a_late_commit_fails(api):
+    """The crash window: the broker accepted, then the API died before its commit."""
+    from tasks.submit import submit
+    from tasks.timeline import create_post
+
+    author, fans = make_following(api, followers=2)
+    job_id = str(uuid.uuid4())
+    submit(FANOUT_TASK, args=(job_id,), task_id=job_id)  # ... and no commit follows
+
+    wait_for(lambda: _state(job_id) == jobs.ABANDONED, GRACE_S + 15, "the job was never fenced")
+    assert AsyncResult(job_id).get(timeout=10)["skipped"].startswith("abandoned")
+
+    posts_before = count(posts)
+    with pytest.raises(IntegrityError), engine().begin() as conn:  # the API's commit, too late
+        post = create_post(conn, author, "too late")
+        jobs.create_job(conn, job_id, "fanout", post["post_id"])
+    assert count(posts) == posts_before  # rolled back whole: no half-written post
+    assert api.get(f"/jobs/{job_id}").status_code == 404
+    assert api.get(f"/timelines/{author}").json()["posts"] == []
+    assert all(api.get(f"/timelines/{f}").json()["posts"] == [] for f in fans)
+
+
+def test_a_commit_slower_than_the_worker_still_runs_its_job(api):
+    """The worker took the message before the API committed: it waits for the commit."""
+    from tasks.submit import submit
+    from tasks.timeline import create_post
+
+    author, fans = make_following(api, followers=3)
+    job_id = str(uuid.uuid4())
+    submit(FANOUT_TASK, args=(job_id,), task_id=job_id)
+    time.sleep(GRACE_S / 4)  # the worker has the message by now and finds no job
+    with engine().begin() as conn:
+        post = create_post(conn, author, "slow commit")
+        jobs.create_job(conn, job_id, "fanout", post["post_id"])
+
+    wait_for(lambda: api.get(f"/jobs/{job_id}").json()["state"] == "succeeded")
+    for fan in fans:
+        assert [p["post_id"] for p in api.get(f"/timelines/{fan}").json()["posts"]] == [post["post_id"]]
+
+
+@pytest.fixture
+def failing_post_insert():
+    """A real database failure after admission: inserting this text raises in the database."""
+    trigger = "floodgate_test_explode"
+    with engine().begin() as conn:
+        if conn.dialect.name == "postgresql":
+            conn.execute(text(
+                f"CREATE OR REPLACE FUNCTION {trigger}() RETURNS trigger AS $$ BEGIN "
+                "IF NEW.text = 'explode' THEN RAISE EXCEPTION 'injected failure'; END IF; "
+                "RETURN NEW; END $$ LANGUAGE plpgsql"))
+            conn.execute(text(f"CREATE TRIGGER {trigger} BEFORE INSERT ON posts "
+                              f"FOR EACH ROW EXECUTE FUNCTION {trigger}()"))
+        else:
+            conn.execute(text(f"CREATE TRIGGER {trigger} BEFORE INSERT ON posts "
+                              "WHEN NEW.text = 'explode' BEGIN SELECT RAISE(ABORT, 'injected failure'); END"))
+    yield "explode"
+    with engine().begin() as conn:
+        on = " ON posts" if conn.dialect.name == "postgresql" else ""
+        conn.execute(text(f"DROP TRIGGER {trigger}{on}"))
+
+
+def test_a_database_failure_after_admission_answers_503_and_keeps_nothing(api, failing_post_insert):
+    author, fans = make_following(api, followers=2)
+    before = count(posts), count(timeline_entries)
+
+    response = api.post("/posts", json={"author": author, "text": failing_post_insert})
+
+    assert response.status_code == 503, response.text
+    body = response.json()
+    assert "nothing was kept" in body["detail"] and int(response.headers["Retry-After"]) >= 1
+    assert (count(posts), count(timeline_entries)) == before
+    assert api.get(f"/jobs/{body['job_id']}").status_code == 404
+    # The admitted message is skipped at once: the API fenced its id, so no grace is waited.
+    started = time.monotonic()
+    assert AsyncResult(body["job_id"]).get(timeout=10)["skipped"].startswith("abandoned")
+    assert time.monotonic() - started < GRACE_S
+
+
+def test_many_posts_racing_their_workers_all_run(api):
+    """Accepted posts, submitted while workers are idle and fast, each run exactly once."""
+    author, fans = make_following(api, followers=2)
+    answers: list = []
+
+    def post(i):
+        answers.append(api.post("/posts", json={"author": author, "text": f"race {i}"}))
+
+    threads = [threading.Thread(target=post, args=(i,)) for i in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert [a.status_code for a in answers] == [202] * 20
+    for a in answers:
+        wait_for(lambda: api.get(a.json()["status_url"]).json()["state"] == "succeeded")
+    assert len(api.get(f"/timelines/{fans[0]}").json()["posts"]) == 20
+
+
+def _state(job_id: str) -> str | None:
+    with engine().connect() as conn:
+        row = jobs.find(conn, job_id)
+    return row.state if row else None
