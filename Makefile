@@ -44,7 +44,7 @@ bench: $(STAMP)
 
 compose-check:
 	RABBITMQ_USER=fg RABBITMQ_PASSWORD=check POSTGRES_PASSWORD=check \
-	FLOWER_BASIC_AUTH=admin:check docker-compose config --quiet
+	FLOWER_BASIC_AUTH=admin:check GRAFANA_ADMIN_PASSWORD=check docker-compose config --quiet
 
 clean:
 	rm -rf var

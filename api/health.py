@@ -7,7 +7,7 @@ from amqp import Message
 from sqlalchemy import text
 
 from config import app
-from tasks.db import engine
+from tasks.demo.db import engine
 
 TIMEOUT_S = 1.0
 _pool = ThreadPoolExecutor(max_workers=6, thread_name_prefix="healthz")

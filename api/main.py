@@ -10,15 +10,9 @@ from fastapi.responses import JSONResponse
 from api.limits import BodySizeLimit
 from api.routes import aggregates, jobs, ops, posts, users
 from config.settings import get_settings
-from tasks.db import engine
-from tasks.errors import (
-    BrokerUnavailable,
-    JobNotFound,
-    NameTaken,
-    QueueFull,
-    StoreFailed,
-    UnknownUser,
-)
+from tasks.demo.db import engine
+from tasks.backpressure import BrokerUnavailable, QueueFull
+from tasks.demo.errors import JobNotFound, NameTaken, StoreFailed, UnknownUser
 
 settings = get_settings()
 

@@ -5,7 +5,7 @@ from typing import Annotated
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 
-from tasks.models import NAME_MAX, TEXT_MAX
+from tasks.demo.models import NAME_MAX, TEXT_MAX
 
 
 def _no_nul(value: str) -> str:

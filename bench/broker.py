@@ -8,11 +8,12 @@ import amqp
 import redis
 
 from bench.env import REDIS_URL, VHOST
+from config.queues import NAMES
 
 #: kombu's Redis priority sub-lists: queue, queue\x06\x163, \x06\x166, \x06\x169.
 _PRIORITY_SUFFIXES = ("", "\x06\x163", "\x06\x166", "\x06\x169")
 #: Every queue a bench run may declare; reset deletes exactly these.
-BENCH_QUEUES = ("fanout", "aggregation", "default", "bench_plain")
+BENCH_QUEUES = (*NAMES, "bench_plain")
 
 
 def redis_client() -> redis.Redis:

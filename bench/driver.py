@@ -10,8 +10,7 @@ from bench.task_bodies import EDGES_KEY, PROBE_KEY, RUNS_KEY
 
 
 def floodgate_app():
-    """Floodgate's app, with the signal that stamps fg_sent_at and the bench tasks."""
-    import tasks.signals  # noqa: F401 - connects before_task_publish
+    """Floodgate's app (its guarded transport stamps fg_sent_at) with the bench tasks."""
     from bench.tasks import app
 
     return app

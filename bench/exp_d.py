@@ -27,11 +27,13 @@ SETTLE_S = 5.0
 
 
 def _probes(depth):
-    from tasks import guard
+    from config import app
+    from tasks.backpressure import guard_for
 
+    guard = guard_for(app)
     limit = guard.limit_for(QUEUE)
     return {"depth": depth, "bound": lambda: guard.length_bound(limit),
-            "rate": lambda: guard.cached_drain_rate(QUEUE)}
+            "rate": lambda: guard.drain_rate(QUEUE)}
 
 
 def _offer_and_cut(producers, depth, victim, params: dict) -> dict:

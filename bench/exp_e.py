@@ -2,7 +2,7 @@
 
 Plain Celery's fastest configuration (acks early, ``--prefetch-multiplier 64``,
 prefork / solo / threads) against Floodgate's defaults
-(``celery -A config worker -Q fanout``: Floodgate's pool, tasks.pool - solo with
+(``celery -A config worker -Q fanout``: Floodgate's pool, tasks.runtime.pool - solo with
 soft and hard time limits -, the queue's PREFETCH, acks_late) and, for comparison,
 the same command with ``-P prefork`` (Celery's default pool, Floodgate's before).
 Drain time runs from the first task's start to the last task's end; the first and

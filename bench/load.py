@@ -5,7 +5,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from tasks.errors import QueueFull
+from tasks.backpressure import QueueFull
 
 
 class Sampler(threading.Thread):

@@ -31,7 +31,7 @@ METHOD = """## How the experiments run
   separately, with a p99 that counts them at the wait they had reached at the cut (a lower
   bound). Throughput counts jobs started during the 60 s offer.
 * **(c)** a closed population of client threads (`bench/clients.py`): each thinks
-  0.5-1.5 s (mean 1 s), then submits one job through `tasks.client.call_with_backoff`
+  0.5-1.5 s (mean 1 s), then submits one job through `tasks.backpressure.call_with_backoff`
   with `max_attempts=8`, `max_total_s=30` (other arguments default), and loops. The
   population is 3 x capacity x 1 s threads (a few hundred), so its unthrottled demand is 3x
   capacity. A sustained open-loop 3x arrival stream cannot be the test here: two thirds
@@ -66,7 +66,7 @@ or stated as a limit. Figures are from this run unless a commit is named.
 
 1. **A refusal reconnected to the broker** (kombu's `Producer.__exit__` replaces a pooled
    connection on any exception). Fixed: `tasks/brokers/producers.py` keeps the connection
-   when the exception is a refusal (`tasks.errors.Refused`). Cost of one refusal through
+   when the exception is a refusal (`tasks.backpressure.Refused`). Cost of one refusal through
    `send_task`'s pooled producer now: {refusal}, against {held} with a producer the caller
    holds (before the fix: 15.2 ms Redis, 8.5 ms RabbitMQ).
 

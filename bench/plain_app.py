@@ -15,18 +15,10 @@ from bench.task_bodies import register
 
 QUEUE = "bench_plain"
 
-def plain_transport(broker_url: str) -> str:
-    """kombu's own transport, named outright: config.celery_app maps redis:// and
-    amqp:// to Floodgate's guarded ones in any process that imported it."""
-    return ("kombu.transport.pyamqp:Transport" if broker_url.startswith("amqp")
-            else "kombu.transport.redis:Transport")
-
-
 def make_plain_app(broker_url: str, name: str = "plain") -> Celery:
     plain = Celery(name, set_as_current=False)
     plain.conf.update(
         broker_url=broker_url,
-        broker_transport=plain_transport(broker_url),
         task_serializer="json", result_serializer="json",
         accept_content=["json"], result_accept_content=["json"],
         task_queues=[Queue(QUEUE, Exchange(QUEUE, type="direct", durable=True),
@@ -40,11 +32,11 @@ def make_plain_app(broker_url: str, name: str = "plain") -> Celery:
 
 
 def same_config_minus_guard(broker_url: str) -> Celery:
-    """Floodgate's whole configuration except the guard: default transport, no x-max-length."""
+    """Floodgate's whole configuration except the guard (install() is never called on it):
+    kombu's own transport, no x-max-length."""
     plain = Celery("plain-config", set_as_current=False)
     plain.config_from_object("config.celeryconfig")
     plain.conf.update(
-        broker_transport=plain_transport(plain.conf.broker_url),
         task_queues=[Queue(QUEUE, Exchange(QUEUE, type="direct", durable=True),
                            routing_key=QUEUE, durable=True)],
     )

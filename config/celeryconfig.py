@@ -9,49 +9,31 @@ from datetime import timedelta
 
 from kombu import Exchange, Queue
 
-from config.queues import MAX_LENGTH, QUEUES, ROUTES, TIME_LIMITS_S, parse_queue_limits
+from config.queues import DEFAULT, NAMES, PREFETCH, ROUTES, TIME_LIMITS_S
 from config.settings import get_settings
 
 _s = get_settings()
-_limits = parse_queue_limits(_s.queue_limits)
 
 # https://docs.celeryq.dev/en/stable/userguide/configuration.html#broker-url
 broker_url = _s.broker_url
 # https://docs.celeryq.dev/en/stable/userguide/configuration.html#result-backend
 result_backend = _s.result_backend_url
 
-# The guarded transports replace kombu's own for redis:// and amqp:// URLs; see
-# config/celery_app.py.
-
-
-def _queue_arguments(queue: str) -> dict | None:
-    """RabbitMQ enforces the length itself; reject-publish nacks instead of dropping."""
-    if _s.broker_kind != "amqp":
-        return None
-    limit = _limits[queue]
-    return {
-        "x-max-length": limit.length if limit.length is not None else MAX_LENGTH,
-        "x-overflow": "reject-publish",
-        # quorum queues keep the same limit semantics and survive a node loss;
-        # Celery turns off global QoS for them by itself (worker_detect_quorum_queues).
-        "x-queue-type": _s.rabbitmq_queue_type,
-    }
-
-
 # Durable queues so accepted messages survive a broker restart; every declarer
 # (API, worker, beat) builds them from this one list, so arguments always match.
+# install() (config.celery_app) adds each queue's limit: on RabbitMQ x-max-length
+# with x-overflow reject-publish, on Redis the guarded transport's admission.
 # https://docs.celeryq.dev/en/stable/userguide/configuration.html#task-queues
 task_queues = [
-    Queue(q, Exchange(q, type="direct", durable=True), routing_key=q, durable=True,
-          queue_arguments=_queue_arguments(q))
-    for q in QUEUES
+    Queue(q, Exchange(q, type="direct", durable=True), routing_key=q, durable=True)
+    for q in NAMES
 ]
 # https://docs.celeryq.dev/en/stable/userguide/configuration.html#task-routes
 task_routes = {name: {"queue": queue, "routing_key": queue} for name, queue in ROUTES.items()}
 # https://docs.celeryq.dev/en/stable/userguide/configuration.html#task-default-queue
-task_default_queue = "default"
-task_default_exchange = "default"
-task_default_routing_key = "default"
+task_default_queue = DEFAULT
+task_default_exchange = DEFAULT
+task_default_routing_key = DEFAULT
 # Our queues are declared above; an unknown queue name is a bug, not a new queue.
 # https://docs.celeryq.dev/en/stable/userguide/configuration.html#task-create-missing-queues
 task_create_missing_queues = False
@@ -63,9 +45,9 @@ result_accept_content = ["json"]
 task_serializer = "json"
 result_serializer = "json"
 
-# RabbitMQ: publisher confirms, so a publish returns only once the broker has the
-# message, and a full queue (reject-publish) nacks it instead of dropping the oldest.
-# Redis: the visibility timeout, after which an unacked message is redelivered; it
+# RabbitMQ: publisher confirms (install() turns them on), so a publish returns only
+# once the broker has the message, and a full queue nacks it instead of dropping the
+# oldest. Redis: the visibility timeout, after which an unacked message is redelivered; it
 # exceeds every task's hard time limit (checked in config.settings), and the
 # guarded transport refuses a countdown or ETA beyond it.
 # https://docs.celeryq.dev/en/stable/userguide/configuration.html#broker-transport-options
@@ -85,20 +67,23 @@ broker_transport_options = {
 # Ack after the task ran, so a worker that dies mid-task leaves the message to be redelivered.
 # https://docs.celeryq.dev/en/stable/userguide/configuration.html#task-acks-late
 task_acks_late = True
-# Prefetch is set per queue (config.queues.PREFETCH): a worker takes the smallest
-# multiplier of the queues it consumes (config.celery_app applies it at start).
+# Prefetch is set per queue (config.queues): a worker takes the smallest multiplier
+# of the queues it consumes (tasks.runtime.prefetch applies it at start).
 # https://docs.celeryq.dev/en/stable/userguide/configuration.html#worker-prefetch-multiplier
 worker_prefetch_multiplier = 1
-# Celery's solo pool plus soft and hard time limits (tasks.pool): the fastest pool
+floodgate_queue_prefetch = PREFETCH
+# Celery's solo pool plus soft and hard time limits (tasks.runtime.pool): the fastest pool
 # for short tasks (bench/RESULTS.md (e): prefork's hand-off to a child cost 15-40 %),
 # with the limits kept. One task at a time per process: run a process per core.
 # An explicit -P (prefork, threads, ...) still chooses another (config.celery_app).
 # https://docs.celeryq.dev/en/stable/userguide/configuration.html#worker-pool
-worker_pool = "tasks.pool:TaskPool"
+worker_pool = "tasks.runtime.pool:TaskPool"
 # A child killed mid-task (OOM, segfault) fails the task instead of requeueing it
-# forever; a redelivery after the whole worker died is bounded by FloodgateTask.
+# forever; a redelivery after the whole worker died is bounded by FloodgateTask
+# (tasks.runtime.base), at this many redeliveries.
 # https://docs.celeryq.dev/en/stable/userguide/configuration.html#task-reject-on-worker-lost
 task_reject_on_worker_lost = False
+floodgate_max_redeliveries = _s.max_redeliveries
 # No STARTED write per task by default (a backend round trip each); the fan-out task,
 # whose job status shows 'running', turns it on for itself.
 # https://docs.celeryq.dev/en/stable/userguide/configuration.html#task-track-started
@@ -118,10 +103,12 @@ task_annotations = {
 }
 
 # Task events cost three extra publishes per task. Off by default: Flower turns them
-# on while it runs (its enable_events option, on by default), so it still lists
-# every task, and nobody pays for them when nobody watches. `celery worker -E` forces them.
+# on while it runs (its enable_events option, on by default), and nobody pays for them
+# when nobody watches. But Flower does so only ~5 s after it starts, so a task run
+# before then is never listed: where Flower runs (make up, compose), WORKER_SEND_TASK_EVENTS
+# turns them on from the worker's start. `celery worker -E` forces them too.
 # https://docs.celeryq.dev/en/stable/userguide/configuration.html#worker-send-task-events
-worker_send_task_events = False
+worker_send_task_events = _s.worker_send_task_events
 # A sent event is a second publish per submission and would halve the submit rate.
 # https://docs.celeryq.dev/en/stable/userguide/configuration.html#task-send-sent-event
 task_send_sent_event = False
@@ -154,4 +141,8 @@ beat_schedule = {
 }
 # https://docs.celeryq.dev/en/stable/userguide/configuration.html#beat-schedule-filename
 beat_schedule_filename = "var/celerybeat-schedule"
+# Celery's PersistentScheduler plus a heartbeat file beside the schedule file (when beat
+# last ticked, and last sent each entry), read by `python -m config.health beat`.
+# https://docs.celeryq.dev/en/stable/userguide/configuration.html#beat-scheduler
+beat_scheduler = "scheduler.heartbeat:HeartbeatScheduler"
 timezone = "UTC"

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import functools
 from typing import Literal
-from urllib.parse import urlparse
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from config.queues import DEFAULT_LIMITS, parse_queue_limits
+from tasks.backpressure.install import broker_kind
 
 PLACEHOLDERS = {"changeme", "change-me", "password", "secret", "guest", "admin", ""}
 
@@ -38,7 +40,7 @@ class Settings(BaseSettings):
     flower_port: int = Field(default=5555, ge=1, le=65535)
     aggregation_interval_s: int = Field(default=60, ge=1, le=86400)
     queue_limits: str = Field(
-        default="fanout=1000,aggregation=100,default=5000",
+        default=DEFAULT_LIMITS,
         description="queue=length or queue=<seconds>s, comma separated",
     )
     fanout_chunk_size: int = Field(default=500, ge=1, le=100_000)
@@ -91,9 +93,7 @@ class Settings(BaseSettings):
     @field_validator("queue_limits")
     @classmethod
     def _limits_parse(cls, value: str) -> str:
-        from config.queues import parse_queue_limits  # checked here so a typo fails at start
-
-        parse_queue_limits(value)
+        parse_queue_limits(value)  # checked here so a typo fails at start
         return value
 
     @model_validator(mode="after")
@@ -113,8 +113,6 @@ class Settings(BaseSettings):
                 "RABBITMQ_CONSUMER_TIMEOUT_S), or the broker closes the channel mid-task"
             )
         if self.broker_kind == "amqp":
-            from config.queues import parse_queue_limits
-
             waits = [l.queue for l in parse_queue_limits(self.queue_limits).values() if l.wait_s]
             if waits:
                 raise ValueError(
@@ -159,16 +157,11 @@ class Settings(BaseSettings):
     @property
     def broker_kind(self) -> str:
         """'redis', 'amqp' or 'memory': the broker family the guard adapts to."""
-        scheme = urlparse(self.broker_url).scheme
-        if scheme in ("redis", "rediss", "redis+socket"):
-            return "redis"
-        if scheme in ("amqp", "amqps", "pyamqp"):
-            return "amqp"
-        return scheme
+        return broker_kind(self.broker_url)
 
 
 def _is_redis(url: str) -> bool:
-    return urlparse(url).scheme in ("redis", "rediss", "redis+socket")
+    return broker_kind(url) == "redis"
 
 
 def _sentence(error: ValidationError) -> str:

@@ -8,7 +8,7 @@ from collections import Counter
 from sqlalchemy import select
 from sqlalchemy.dialects import postgresql, sqlite
 
-from tasks.models import aggregates, posts
+from tasks.demo.models import aggregates, posts
 
 HASHTAG = re.compile(r"#\w+")
 TOP_N = 10

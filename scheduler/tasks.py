@@ -8,10 +8,10 @@ from celery.utils.log import get_task_logger
 from config import app
 from config.settings import get_settings
 from scheduler.aggregation import aggregate_window, closed_windows
-from tasks import jobs
-from tasks.db import engine
-from tasks.errors import QueueFull
-from tasks.submit import submit
+from tasks.demo import jobs
+from tasks.demo.db import engine
+from tasks.backpressure import QueueFull
+from tasks.demo.submit import submit
 
 log = get_task_logger(__name__)
 

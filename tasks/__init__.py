@@ -1,19 +1,8 @@
-"""Floodgate's task layer: submission, the guard, tasks and the work they call."""
-from tasks import signals  # noqa: F401 - stamps every publish; imported with the package
-from tasks.errors import (
-    BrokerUnavailable,
-    FloodgateError,
-    JobNotFound,
-    NameTaken,
-    QueueFull,
-    UnknownUser,
-)
+"""Floodgate's tasks, in three layers whose imports point one way:
 
-__all__ = (
-    "BrokerUnavailable",
-    "FloodgateError",
-    "JobNotFound",
-    "NameTaken",
-    "QueueFull",
-    "UnknownUser",
-)
+- :mod:`tasks.backpressure`: bounded queues for any Celery app (the library).
+- :mod:`tasks.runtime`: Floodgate's worker runtime (pool, base task), uses the library.
+- :mod:`tasks.demo`: the demo domain (posts, timelines, fan-out), uses both.
+
+Importing this package imports none of them.
+"""

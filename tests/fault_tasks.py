@@ -14,7 +14,7 @@ import redis
 from celery.exceptions import SoftTimeLimitExceeded
 
 from config import app
-from tasks.fanout import JobTask
+from tasks.demo.fanout import JobTask
 
 _redis = None
 

@@ -14,14 +14,21 @@ import redis
 from amqp.exceptions import NotFound
 from kombu import Connection
 
-REDIS = "redis://127.0.0.1:6379"
+from config.queues import NAMES
+
+# Two test runs at once (say, two developers' branches on one machine) each point
+# FLOODGATE_TEST_REDIS at a Redis server of their own and set FLOODGATE_TEST_PREFIX,
+# which prefixes every vhost and database name: nothing is then shared.
+REDIS = os.environ.get("FLOODGATE_TEST_REDIS", "redis://127.0.0.1:6379")
+PREFIX = os.environ.get("FLOODGATE_TEST_PREFIX", "floodgate")
 AMQP = "amqp://guest:guest@127.0.0.1:5672"
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/test"
 PG = "postgresql+psycopg://postgres@127.0.0.1:5432"
 
 # name -> (redis db for the broker, rabbitmq vhost)
-NAMESPACES = {"faults": (11, "floodgate_faults"), "main": (12, "floodgate_test"),
-              "guard": (14, "floodgate_guard"), "quorum": (14, "floodgate_quorum"), "e2e": (15, "floodgate_e2e")}
+NAMESPACES = {"faults": (11, f"{PREFIX}_faults"), "main": (12, f"{PREFIX}_test"),
+              "guard": (14, f"{PREFIX}_guard"), "quorum": (14, f"{PREFIX}_quorum"),
+              "e2e": (15, f"{PREFIX}_e2e")}
 RESULTS_DB = 13
 
 
@@ -55,7 +62,7 @@ def reset_namespace(namespace: str) -> None:
         return
     if namespace in _fresh:
         with Connection(broker_url(namespace), transport="kombu.transport.pyamqp:Transport") as conn:
-            for queue in ("fanout", "aggregation", "default"):
+            for queue in NAMES:
                 channel = conn.channel()
                 try:
                     channel.queue_purge(queue)
@@ -76,6 +83,7 @@ def reset_results() -> None:
 
 def database_url(name: str, tmp_dir: str) -> str:
     """A fresh database of our own: PostgreSQL if TEST_DATABASE says so, else SQLite."""
+    name = name.replace("floodgate", PREFIX, 1)
     if os.environ.get("TEST_DATABASE") == "postgresql":
         with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

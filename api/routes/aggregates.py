@@ -5,7 +5,7 @@ from fastapi import APIRouter
 from api.deps import Limit, iso
 from api.schemas import Aggregates
 from scheduler.aggregation import recent_windows
-from tasks.db import engine
+from tasks.demo.db import engine
 
 router = APIRouter(tags=["aggregates"])
 

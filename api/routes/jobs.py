@@ -5,8 +5,8 @@ import uuid
 from fastapi import APIRouter
 
 from api.schemas import JobStatus
-from tasks.errors import JobNotFound
-from tasks.job_status import job_status
+from tasks.demo.errors import JobNotFound
+from tasks.demo.job_status import job_status
 
 router = APIRouter(tags=["jobs"])
 

@@ -6,7 +6,7 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from api.health import checks
-from api.metrics import REGISTRY
+from api.metrics import METRICS_REGISTRY
 
 router = APIRouter(tags=["operations"])
 
@@ -23,4 +23,5 @@ def healthz() -> JSONResponse:
 
 @router.get("/metrics")
 def metrics() -> Response:
-    return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
+    # The sum over every API process when PROMETHEUS_MULTIPROC_DIR is set (api/metrics.py).
+    return Response(generate_latest(METRICS_REGISTRY), media_type=CONTENT_TYPE_LATEST)

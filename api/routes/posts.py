@@ -6,9 +6,9 @@ from fastapi import APIRouter, Response
 from sqlalchemy import Engine
 
 from api.schemas import PostAccepted, PostIn
-from tasks.db import engine
-from tasks.handoff import publish_then_store
-from tasks.timeline import user_id
+from tasks.demo.db import engine
+from tasks.demo.handoff import publish_then_store
+from tasks.demo.timeline import user_id
 
 router = APIRouter(tags=["posts"])
 AUTHOR_CACHE_SIZE = 65_536

@@ -4,8 +4,8 @@ from fastapi import APIRouter, HTTPException
 
 from api.deps import Limit, iso
 from api.schemas import FollowIn, Name, Timeline, UserIn
-from tasks.db import engine
-from tasks.timeline import create_user, follow, read_timeline
+from tasks.demo.db import engine
+from tasks.demo.timeline import create_user, follow, read_timeline
 
 router = APIRouter(tags=["users"])
 

@@ -8,7 +8,6 @@ explicit environment; the app's tables are read with plain SQL.
 """
 from __future__ import annotations
 
-import ast
 import os
 import re
 import subprocess
@@ -45,13 +44,11 @@ requires_redis = only_on("redis")
 
 # -- Floodgate as subprocesses ----------------------------------------------------------------
 def _settings_variables() -> set[str]:
-    """The app's environment variables (the fields of config.settings.Settings), read from
-    its source: importing ``config`` here would make the app current in this process."""
-    tree = ast.parse((processes.ROOT / "config" / "settings.py").read_text())
-    cls = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "Settings")
-    return {n.target.id.upper() for n in cls.body
-            if isinstance(n, ast.AnnAssign) and isinstance(n.target, ast.Name)
-            and n.target.id != "model_config"}
+    """The app's environment variables: the fields of config.settings.Settings (importing
+    the settings module builds no app and reads no environment)."""
+    from config.settings import Settings
+
+    return {name.upper() for name in Settings.model_fields}
 
 
 # Not inherited from this process: integration conftests set some of them for themselves.

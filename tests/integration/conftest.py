@@ -35,10 +35,10 @@ def celery_session_app():
 
 
 def _as_worker_ready(sender=None, worker=None, consumer=None, **_):
-    """Celery's test worker sends test_worker_started instead of worker_ready; send ours."""
-    from tasks.signals import watch_backlog
+    """Celery's test worker sends test_worker_started instead of worker_ready; send it."""
+    from celery.signals import worker_ready
 
-    watch_backlog(sender=consumer)
+    worker_ready.send(sender=consumer)
 
 
 from celery.contrib.testing.worker import test_worker_started  # noqa: E402
@@ -48,7 +48,7 @@ test_worker_started.connect(_as_worker_ready, weak=False)
 
 @pytest.fixture(scope="session")
 def celery_includes():
-    return ["celery.contrib.testing.tasks", "tasks.fanout", "scheduler.tasks"]
+    return ["celery.contrib.testing.tasks", "tasks.demo.fanout", "scheduler.tasks"]
 
 
 @pytest.fixture(scope="session")
@@ -73,10 +73,12 @@ def api(celery_session_worker):
 def idle_app():
     """Our Celery config on a broker namespace of its own that no worker consumes."""
     support.reset_namespace("guard")
-    app = Celery("floodgate-idle", set_as_current=False,
-                 amqp="tasks.brokers.producers:FloodgateAMQP")
+    from config.celery_app import bound_queues
+
+    app = Celery("floodgate-idle", set_as_current=False)
     app.config_from_object("config.celeryconfig")
     app.conf.broker_url = support.broker_url("guard")
+    bound_queues(app)  # the same limits and meter as Floodgate's own app
     with app.connection_for_write() as conn:  # declared as every publisher would
         for queue in app.conf.task_queues:
             queue.bind(conn.default_channel).declare()

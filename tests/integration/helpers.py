@@ -5,7 +5,7 @@ import uuid
 
 from sqlalchemy import func, select
 
-from tasks.db import engine
+from tasks.demo.db import engine
 
 
 def unique(prefix: str) -> str:

@@ -4,21 +4,41 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import redis
 
-from config.queues import RETRY_AFTER_UNMEASURED_S, backlog_key, drained_key, ticket_key
-from tasks import QueueFull, guard
-from tasks.meter import meter_client
-from tasks.models import posts, timeline_entries
+from config.queues import KEY_PREFIX
+from tasks.backpressure import QueueFull, guard_for
+from tasks.backpressure import guard as guard_module
+from tasks.backpressure.limits import RETRY_AFTER_UNMEASURED_S, Keys
+from tasks.backpressure.transports import broker_id
+from tasks.demo.models import posts, timeline_entries
 from tests import support
 from tests.integration.helpers import count, make_following
 
 LIMIT = 200  # QUEUE_LIMITS in conftest: fanout=200
 FANOUT = "tasks.fanout.fanout_post"
+KEYS = Keys(KEY_PREFIX)
+drained_key, backlog_key, ticket_key, window_key = KEYS.drained, KEYS.backlog, KEYS.ticket, KEYS.window
+
+
+def main_guard():
+    from config import app
+
+    return guard_for(app)
+
+
+def meter_client():
+    return main_guard().meter.client
+
+
+def forget_rates() -> None:
+    """Every guard in this process reads the meter afresh (each caches for a second)."""
+    for guard in guard_module._registry.values():
+        guard.forget_rates()
 
 
 def depth(app, queue="fanout") -> int:
-    from tasks.queue_stats import depth as broker_depth
+    from tasks.backpressure.stats import depth as broker_depth
 
-    found = broker_depth(queue, app)
+    found = broker_depth(app, queue)
     assert found is not None, "the broker did not answer"
     return found
 
@@ -45,7 +65,7 @@ def set_drain_rate(queue: str, per_s: float, backlogged=lambda s: True) -> None:
         pipe.execute()
     if support.broker_kind() == "redis":  # the Redis guard keeps its line beside the queue
         redis.Redis.from_url(support.broker_url("guard")).delete(ticket_key(queue))
-    guard._rate_cache.clear()
+    forget_rates()
 
 
 def test_the_limit_is_exact_with_many_concurrent_submitters(idle_app):
@@ -80,16 +100,13 @@ def test_a_refusal_is_raised_by_delay_apply_async_and_canvas_alike(idle_app):
 def test_messages_prefetched_by_workers_count_against_the_limit(idle_app):
     import time
 
-    from config.queues import window_key
-    from tasks.meter import broker_id
-
     with idle_app.connection_for_write() as conn:
         key = window_key("fanout", broker_id(conn))
     client = meter_client()
     client.hset(key, "w1@host", f"30|{time.time()}")
     client.hset(key, "w2@host", f"20|{time.time()}")
     client.hset(key, "gone@host", f"500|{time.time() - 60}")  # stopped reporting: ignored
-    guard._held_cache.clear()
+    forget_rates()
     try:
         fill(idle_app, LIMIT - 50)
         with pytest.raises(QueueFull, match=r"is full \(200/200\)"):
@@ -97,16 +114,16 @@ def test_messages_prefetched_by_workers_count_against_the_limit(idle_app):
         assert depth(idle_app) == LIMIT - 50
     finally:
         client.delete(key)
-        guard._held_cache.clear()
+        forget_rates()
 
 
 def test_a_flush_marks_backlogged_seconds_and_reports_the_window():
     import time
 
-    from config.queues import window_key
-    from tasks.meter import DrainCounter, held_by_workers
+    from tasks.backpressure.meter import DrainCounter
 
-    counter, depths = DrainCounter(), {"fanout": 7, "quiet-test": 0}
+    held_by_workers = main_guard().meter.held_by_workers
+    counter, depths = DrainCounter(main_guard().meter), {"fanout": 7, "quiet-test": 0}
     counter.watch(["fanout", "quiet-test"], depth=depths.get, worker="w@test",
                   broker="test-broker", window=8)
     counter.add("fanout", 3)
@@ -125,11 +142,9 @@ def test_a_flush_marks_backlogged_seconds_and_reports_the_window():
 def test_a_live_worker_reports_its_prefetch_window(celery_session_worker, celery_session_app):
     import time
 
-    from tasks.meter import broker_id, held_by_workers
-
     time.sleep(1.5)  # one flush
     with celery_session_app.connection_for_write() as conn:
-        assert held_by_workers("fanout", broker_id(conn)) >= 1
+        assert main_guard().meter.held_by_workers("fanout", broker_id(conn)) >= 1
 
 
 def test_a_refusal_keeps_the_pooled_connection(idle_app):
@@ -173,7 +188,7 @@ def test_quiet_seconds_do_not_count_as_slow_draining(idle_app):
     """After light traffic the rate is what workers drained while the queue had a backlog."""
     import time
 
-    from tasks.meter import drain_rate
+    drain_rate = main_guard().meter.drain_rate
 
     burst_at = int(time.time()) - 20  # a 6 s burst drained at 90/s, 1/s before and since
     in_burst = lambda s: burst_at <= s < burst_at + 6  # noqa: E731
@@ -186,17 +201,17 @@ def test_quiet_seconds_do_not_count_as_slow_draining(idle_app):
 
     set_drain_rate("fanout", 1, backlogged=lambda s: False)  # no backlog: demand, not capacity
     assert drain_rate("fanout") is None
-    guard._rate_cache.clear()
+    forget_rates()
     with pytest.raises(QueueFull) as info:
         fill(idle_app, 1)
     assert info.value.retry_after_s == RETRY_AFTER_UNMEASURED_S  # not 60 s from 1/s
 
 
 def test_a_full_queue_answers_503_with_retry_after_and_writes_nothing(api, idle_app, monkeypatch):
-    import tasks.submit
+    import tasks.demo.submit
 
     author, fans = make_following(api, followers=2)
-    monkeypatch.setattr(tasks.submit, "app", idle_app)  # the API's broker now has no consumer
+    monkeypatch.setattr(tasks.demo.submit, "app", idle_app)  # the API's broker now has no consumer
     fill(idle_app, LIMIT)
     before = count(posts), count(timeline_entries)
 
@@ -211,15 +226,15 @@ def test_a_full_queue_answers_503_with_retry_after_and_writes_nothing(api, idle_
 
 
 def test_an_accepted_post_survives_a_broker_that_loses_its_message(api, idle_app, monkeypatch):
-    import tasks.submit
+    import tasks.demo.submit
     from scheduler.tasks import republish_stale_jobs
     from sqlalchemy import update
-    from tasks.db import engine
-    from tasks.models import jobs
+    from tasks.demo.db import engine
+    from tasks.demo.models import jobs
 
     author, fans = make_following(api, followers=3)
     with monkeypatch.context() as patch:
-        patch.setattr(tasks.submit, "app", idle_app)
+        patch.setattr(tasks.demo.submit, "app", idle_app)
         body = api.post("/posts", json={"author": author, "text": "survives"}).json()
     with idle_app.connection_for_write() as conn:  # the broker loses the message
         conn.default_channel.queue_purge("fanout")
@@ -251,11 +266,11 @@ def test_the_meter_records_what_workers_drain(api):
 def test_the_backoff_helper_honours_retry_after_within_its_bounds(api, idle_app, monkeypatch):
     import time
 
-    import tasks.submit
-    from tasks.client import post_with_backoff
+    import tasks.demo.submit
+    from tasks.backpressure.client import post_with_backoff
 
     author, _ = make_following(api, followers=0)
-    monkeypatch.setattr(tasks.submit, "app", idle_app)
+    monkeypatch.setattr(tasks.demo.submit, "app", idle_app)
     fill(idle_app, LIMIT)
     set_drain_rate("fanout", 2)  # refusals 1/2 s apart in the waiting line
     waits, hints = [], []
@@ -283,22 +298,21 @@ def test_quorum_queues_refuse_honestly_but_may_overshoot_by_a_message():
     """Measured here: quorum queues admit limit+1 with one publisher (limit+2..3 with 24),
     unlike classic queues, which are exact. Nothing accepted is ever dropped."""
     from celery import Celery
-    from kombu import Queue
 
-    from tests import support
+    from config.queues import as_install_limits, parse_queue_limits
+    from config.settings import get_settings
+    from tasks.backpressure import install
 
     support.reset_namespace("quorum")  # a vhost of its own: quorum is not our default
     idle_app = Celery("floodgate-quorum", set_as_current=False)
     idle_app.config_from_object("config.celeryconfig")
     idle_app.conf.broker_url = support.broker_url("quorum")
-
-    idle_app.conf.task_queues = [
-        Queue(q.name, q.exchange, routing_key=q.routing_key, durable=True,
-              queue_arguments={**q.queue_arguments, "x-queue-type": "quorum"})
-        for q in idle_app.conf.task_queues if q.name == "fanout"
-    ]
+    limits = as_install_limits(parse_queue_limits(get_settings().queue_limits))
+    install(idle_app, limits, key_prefix=KEY_PREFIX, rabbitmq_queue_type="quorum")
+    fanout = next(q for q in idle_app.conf.task_queues if q.name == "fanout")
+    assert fanout.queue_arguments["x-queue-type"] == "quorum"
     with idle_app.connection_for_write() as conn:
-        idle_app.conf.task_queues[0].bind(conn.default_channel).declare()
+        fanout.bind(conn.default_channel).declare()
     outcomes = []
     for _ in range(LIMIT + 5):
         try:

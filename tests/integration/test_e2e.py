@@ -105,7 +105,7 @@ def test_flower_demands_credentials_and_lists_the_tasks_that_ran(system):
 def test_row18_two_beats_at_once_store_each_window_once_with_the_right_count(system):
     from sqlalchemy import create_engine, func, select
 
-    from tasks.models import aggregates, posts
+    from tasks.demo.models import aggregates, posts
 
     with httpx.Client(base_url=system["api"], timeout=10) as http:
         name = f"beats-{uuid.uuid4().hex[:6]}"

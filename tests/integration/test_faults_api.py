@@ -7,9 +7,9 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import redis
 
-from tasks import QueueFull
-from tasks.errors import EtaTooFar
-from tasks.models import posts, timeline_entries
+from tasks.backpressure import QueueFull
+from tasks.backpressure import EtaTooFar
+from tasks.demo.models import posts, timeline_entries
 from tests import support
 from tests.integration import workers
 from tests.integration.helpers import count, make_following, wait_for
@@ -19,9 +19,9 @@ FANOUT = "tasks.fanout.fanout_post"
 
 
 def test_row8_duplicate_deliveries_of_a_fanout_have_one_effect(api, celery_session_app):
-    from tasks import jobs as job_records
-    from tasks.db import engine
-    from tasks.timeline import create_post
+    from tasks.demo import jobs as job_records
+    from tasks.demo.db import engine
+    from tasks.demo.timeline import create_post
 
     author, fans = make_following(api, followers=120)  # three chunks of 50
     job_id = str(uuid.uuid4())
@@ -97,9 +97,9 @@ def test_row10_overload_refuses_at_the_limit_and_every_accepted_job_finishes(tmp
 
 
 def test_row12_13_bad_input_publishes_nothing_and_writes_nothing(api, idle_app, monkeypatch):
-    import tasks.submit
+    import tasks.demo.submit
 
-    monkeypatch.setattr(tasks.submit, "app", idle_app)
+    monkeypatch.setattr(tasks.demo.submit, "app", idle_app)
     author, _ = make_following(api, followers=0)
     before = count(posts)
     bad = [
@@ -126,13 +126,13 @@ def test_row20_a_job_whose_result_expired_still_answers_from_the_database(api):
 
 
 def test_metrics_expose_depth_limit_counters_and_drain_rate(api, idle_app, monkeypatch):
-    import tasks.submit
+    import tasks.demo.submit
 
     from tests.integration.test_back_pressure import set_drain_rate
 
     author, _ = make_following(api, followers=0)
     set_drain_rate("fanout", 40)  # as workers record it while the queue has a backlog
-    monkeypatch.setattr(tasks.submit, "app", idle_app)
+    monkeypatch.setattr(tasks.demo.submit, "app", idle_app)
     for _ in range(200):
         idle_app.send_task(FANOUT, args=("x", 0))
     assert api.post("/posts", json={"author": author, "text": "refused"}).status_code == 503

@@ -135,8 +135,8 @@ def test_row15_a_pickle_message_is_rejected_and_never_deserialised(app, tmp_path
 
 def test_row16_a_task_that_raises_retries_with_backoff_then_fails_with_a_sanitised_error(
         app, tmp_path, api):
-    from tasks import jobs as job_records
-    from tasks.db import engine
+    from tasks.demo import jobs as job_records
+    from tasks.demo.db import engine
 
     job_id = str(uuid.uuid4())
     with engine().begin() as conn:
@@ -217,7 +217,7 @@ def test_a_worker_takes_its_prefetch_from_the_queues_it_consumes_and_its_pool_fr
         prefetch = {name: s["prefetch_count"] for name, s in by_name.items()}
         assert prefetch == {"fast": PREFETCH["fanout"], "slow": 1, "chosen": 1}
         pools = {name: s["pool"]["implementation"] for name, s in by_name.items()}
-        assert pools["fast"] == pools["slow"] == "tasks.pool:TaskPool"
+        assert pools["fast"] == pools["slow"] == "tasks.runtime.pool:TaskPool"
         assert "prefork" in pools["chosen"]  # an explicit -P prefork wins over worker_pool
     finally:
         for worker in (fast, slow, chosen):

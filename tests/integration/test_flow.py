@@ -2,7 +2,7 @@
 import time
 
 from scheduler.tasks import aggregate_closed_window
-from tasks.models import timeline_entries
+from tasks.demo.models import timeline_entries
 from tests.integration.helpers import count, make_following, wait_for
 
 

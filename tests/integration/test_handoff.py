@@ -10,10 +10,10 @@ from celery.result import AsyncResult
 from sqlalchemy import event, text
 from sqlalchemy.exc import IntegrityError
 
-from tasks import jobs
-from tasks.db import engine
-from tasks.handoff import FANOUT_TASK
-from tasks.models import posts, timeline_entries
+from tasks.demo import jobs
+from tasks.demo.db import engine
+from tasks.demo.handoff import FANOUT_TASK
+from tasks.demo.models import posts, timeline_entries
 from tests.integration.helpers import count, make_following, wait_for
 from tests.integration.test_back_pressure import LIMIT, depth, fill
 
@@ -47,11 +47,11 @@ def tables_locked():
 
 
 def test_a_refusal_does_no_database_work_and_needs_no_lock(api, idle_app, monkeypatch):
-    import tasks.submit
+    import tasks.demo.submit
 
     author, _ = make_following(api, followers=1)
     assert api.post("/posts", json={"author": author, "text": "first"}).status_code == 202
-    monkeypatch.setattr(tasks.submit, "app", idle_app)  # a broker no worker drains
+    monkeypatch.setattr(tasks.demo.submit, "app", idle_app)  # a broker no worker drains
     fill(idle_app, LIMIT)
     before = count(posts), count(timeline_entries)
 
@@ -69,8 +69,8 @@ def test_a_refusal_does_no_database_work_and_needs_no_lock(api, idle_app, monkey
 
 def test_a_job_published_but_never_committed_is_fenced_and_a_late_commit_fails(api):
     """The crash window: the broker accepted, then the API died before its commit."""
-    from tasks.submit import submit
-    from tasks.timeline import create_post
+    from tasks.demo.submit import submit
+    from tasks.demo.timeline import create_post
 
     author, fans = make_following(api, followers=2)
     job_id = str(uuid.uuid4())
@@ -91,8 +91,8 @@ def test_a_job_published_but_never_committed_is_fenced_and_a_late_commit_fails(a
 
 def test_a_commit_slower_than_the_worker_still_runs_its_job(api):
     """The worker took the message before the API committed: it waits for the commit."""
-    from tasks.submit import submit
-    from tasks.timeline import create_post
+    from tasks.demo.submit import submit
+    from tasks.demo.timeline import create_post
 
     author, fans = make_following(api, followers=3)
     job_id = str(uuid.uuid4())

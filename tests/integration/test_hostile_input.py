@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from tasks.models import posts, users
+from tasks.demo.models import posts, users
 from tests.integration.helpers import count, make_following
 
 

@@ -23,9 +23,12 @@ def faults_env(**extra) -> dict[str, str]:
 
 
 def faults_app() -> Celery:
+    from config.celery_app import bound_queues
+
     app = Celery("floodgate-faults", set_as_current=False)
     app.config_from_object("config.celeryconfig")
     app.conf.broker_url = support.broker_url("faults")
+    bound_queues(app)
     return app
 
 

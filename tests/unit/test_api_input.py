@@ -4,8 +4,8 @@ import uuid
 import pytest
 from sqlalchemy import func, select
 
-from tasks.db import engine
-from tasks.models import posts, users
+from tasks.demo.db import engine
+from tasks.demo.models import posts, users
 
 
 def count(table) -> int:

@@ -23,23 +23,26 @@ def test_every_task_is_routed_to_a_declared_queue():
 
 
 def test_prefetch_follows_the_queues_a_worker_consumes():
-    from config.celery_app import prefetch_for
+    from tasks.runtime.prefetch import prefetch_for
 
-    assert prefetch_for(["fanout"]) == PREFETCH["fanout"] > 1
-    assert prefetch_for(["aggregation"]) == 1
-    assert prefetch_for(["fanout", "aggregation"]) == 1  # the long queue's setting wins
+    assert app.conf.floodgate_queue_prefetch == PREFETCH
+    assert prefetch_for(PREFETCH, ["fanout"]) == PREFETCH["fanout"] > 1
+    assert prefetch_for(PREFETCH, ["aggregation"]) == 1
+    assert prefetch_for(PREFETCH, ["fanout", "aggregation"]) == 1  # the long queue's wins
 
 
 def test_an_explicit_prefetch_multiplier_wins_even_when_it_equals_the_default(monkeypatch):
     from types import SimpleNamespace
 
-    from config.celery_app import PerQueuePrefetch
+    from tasks.runtime.prefetch import PerQueuePrefetch
 
     def consumer_after(argv):
         monkeypatch.setattr("sys.argv", argv)
         queues = SimpleNamespace(consume_from={"fanout": None})
+        conf = {"floodgate_queue_prefetch": PREFETCH}
         consumer = SimpleNamespace(prefetch_multiplier=1, initial_prefetch_count=2,
-                                   app=SimpleNamespace(amqp=SimpleNamespace(queues=queues)))
+                                   app=SimpleNamespace(amqp=SimpleNamespace(queues=queues),
+                                                       conf=conf))
         PerQueuePrefetch(consumer)
         return consumer.prefetch_multiplier
 

@@ -4,8 +4,8 @@ import time
 import httpx
 import pytest
 
-from tasks import QueueFull
-from tasks.client import call_with_backoff, post_with_backoff
+from tasks.backpressure import QueueFull
+from tasks.backpressure.client import call_with_backoff, post_with_backoff
 
 
 class Refuser:

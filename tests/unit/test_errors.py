@@ -1,14 +1,13 @@
 import pickle
 
-from tasks import QueueFull
-from tasks.errors import BrokerUnavailable, FloodgateError
+from tasks.backpressure import BackpressureError, BrokerUnavailable, QueueFull
 
 
 def test_queue_full_reads_like_a_sentence_and_carries_its_data():
     err = QueueFull(queue="fanout", depth=1000, limit=1000, retry_after_s=4)
     assert str(err) == "queue 'fanout' is full (1000/1000); retry in 4 s"
     assert (err.queue, err.depth, err.limit, err.retry_after_s) == ("fanout", 1000, 1000, 4)
-    assert isinstance(err, FloodgateError)
+    assert isinstance(err, BackpressureError)
 
 
 def test_errors_survive_pickling_between_processes():

@@ -2,10 +2,10 @@
 import uuid
 
 import pytest
-from tasks import jobs
-from tasks.db import engine
-from tasks.fanout import deliver_chunk, fanout_post
-from tasks.timeline import (
+from tasks.demo import jobs
+from tasks.demo.db import engine
+from tasks.demo.fanout import deliver_chunk, fanout_post
+from tasks.demo.timeline import (
     count_timeline_entries, create_post, create_user, follow, follower_ids, post_row,
 )
 

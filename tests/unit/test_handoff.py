@@ -5,11 +5,11 @@ import uuid
 import pytest
 from sqlalchemy.exc import IntegrityError
 
-from tasks import jobs
-from tasks.db import engine
-from tasks.errors import StoreFailed
-from tasks.handoff import committed_job, publish_then_store
-from tasks.timeline import create_user, user_id
+from tasks.demo import jobs
+from tasks.demo.db import engine
+from tasks.demo.errors import StoreFailed
+from tasks.demo.handoff import committed_job, publish_then_store
+from tasks.demo.timeline import create_user, user_id
 
 
 @pytest.fixture(scope="module")

@@ -1,3 +1,5 @@
+import os
+
 import pytest
 
 from config.queues import Limit, parse_queue_limits
@@ -41,7 +43,7 @@ def test_a_placeholder_flower_password_is_refused(monkeypatch):
 def test_a_malformed_queue_limit_fails_at_start(monkeypatch):
     sentence = error_sentence(monkeypatch, BROKER_URL="redis://h", DATABASE_URL="sqlite:///x",
                               QUEUE_LIMITS="fanout=lots")
-    assert "QUEUE_LIMITS" in sentence and "fanout=lots" in sentence
+    assert "QUEUE_LIMITS" in sentence and "'fanout'" in sentence and "'lots'" in sentence
 
 
 def test_rabbitmq_without_a_result_backend_is_refused(monkeypatch):
@@ -86,3 +88,44 @@ def test_limits_accept_lengths_and_waits_and_keep_defaults():
 def test_bad_limits_say_what_is_wrong(text, fragment):
     with pytest.raises(ValueError, match=fragment):
         parse_queue_limits(text)
+
+
+def test_task_events_are_off_unless_asked_for(monkeypatch):
+    assert settings_from(monkeypatch, BROKER_URL="redis://h", DATABASE_URL="sqlite:///x"
+                         ).worker_send_task_events is False
+    assert settings_from(monkeypatch, BROKER_URL="redis://h", DATABASE_URL="sqlite:///x",
+                         WORKER_SEND_TASK_EVENTS="true").worker_send_task_events is True
+    assert "WORKER_SEND_TASK_EVENTS" in error_sentence(
+        monkeypatch, BROKER_URL="redis://h", DATABASE_URL="sqlite:///x",
+        WORKER_SEND_TASK_EVENTS="sometimes")
+
+
+def test_worker_send_task_events_reaches_the_celery_config():
+    import subprocess
+    import sys
+
+    probe = "from config import app; print(app.conf.worker_send_task_events)"
+    for value in ("true", "false"):
+        env = {**os.environ, "WORKER_SEND_TASK_EVENTS": value}
+        done = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True,
+                              text=True, timeout=60)
+        assert done.stdout.strip() == value.title(), done.stderr
+
+
+def test_make_up_embeds_what_is_unset_keeps_what_is_set_and_turns_events_on(tmp_path):
+    from config.up import prepare_env
+
+    env, extras = prepare_env({"FLOODGATE_VAR_DIR": str(tmp_path)})
+    assert env["DATABASE_URL"].startswith("postgresql+psycopg://floodgate:")
+    assert "@127.0.0.1:" in env["DATABASE_URL"]
+    assert env["BROKER_URL"].startswith("redis://127.0.0.1:")
+    assert extras == ["broker: $FLOODGATE_BROKER_CMD"]
+    assert env["WORKER_SEND_TASK_EVENTS"] == "true"
+    again, _ = prepare_env({"FLOODGATE_VAR_DIR": str(tmp_path)})  # the password is kept
+    assert again["DATABASE_URL"].split("@")[0] == env["DATABASE_URL"].split("@")[0]
+
+    mine = {"FLOODGATE_VAR_DIR": str(tmp_path), "BROKER_URL": "amqp://u:p@h//",
+            "DATABASE_URL": "sqlite:///mine.db", "WORKER_SEND_TASK_EVENTS": "false"}
+    env, extras = prepare_env(dict(mine))
+    assert {k: env[k] for k in mine} == {**mine, "FLOODGATE_VAR_DIR": str(tmp_path.resolve())}
+    assert extras == [] and "FLOODGATE_PG_PORT" not in env

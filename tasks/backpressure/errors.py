@@ -1,0 +1,79 @@
+"""The back-pressure errors: one small tree, each carrying its data and the fix.
+
+    BackpressureError
+     ├── Refused              one message was refused; the connection is fine
+     │    ├── QueueFull       the queue is at its limit; retry after retry_after_s
+     │    └── EtaTooFar       a countdown the broker would deliver twice
+     ├── BrokerUnavailable    the broker did not accept the message in time
+     └── NotInstalled         install() was given limits that do not fit the app
+
+``args`` hold the data, so an error rebuilt as ``cls(*args)`` (pickle, or
+Celery's result backend) is whole again; ``str()`` gives the sentence.
+"""
+from __future__ import annotations
+
+
+class BackpressureError(Exception):
+    """Base of every error the back-pressure package raises on purpose."""
+
+    message = ""
+
+    def __str__(self) -> str:
+        return self.message or super().__str__()
+
+
+class Refused(BackpressureError):
+    """The broker or the guard refused this one message; nothing was enqueued."""
+
+
+class QueueFull(Refused):
+    """A submission was refused because its queue is at its limit.
+
+    Nothing was enqueued. Retry after ``retry_after_s`` seconds, with jitter
+    (see :func:`tasks.backpressure.client.call_with_backoff`).
+    """
+
+    def __init__(self, queue: str, depth: int, limit: int, retry_after_s: int) -> None:
+        self.queue = queue
+        self.depth = depth
+        self.limit = limit
+        self.retry_after_s = retry_after_s
+        self.message = f"queue {queue!r} is full ({depth}/{limit}); retry in {retry_after_s} s"
+        super().__init__(queue, depth, limit, retry_after_s)
+
+
+class EtaTooFar(Refused):
+    """A countdown or ETA the broker would redeliver before it ran: it would run twice."""
+
+    def __init__(self, queue: str, delay_s: float, max_countdown_s: int) -> None:
+        self.queue, self.delay_s, self.max_countdown_s = queue, delay_s, max_countdown_s
+        super().__init__(queue, delay_s, max_countdown_s)
+        self.message = (
+            f"a countdown of {delay_s:.0f} s on {queue!r} exceeds the longest the broker holds "
+            f"an unacked message ({max_countdown_s} s: Redis visibility timeout or RabbitMQ "
+            "consumer_timeout, less the task time limit), so it would be delivered twice; use a "
+            "shorter countdown or a beat schedule"
+        )
+
+
+class BrokerUnavailable(BackpressureError):
+    """The broker could not be reached or did not confirm in time.
+
+    Nothing was acknowledged as enqueued. Check the broker, then retry.
+    """
+
+    def __init__(self, queue: str, cause: str, retry_after_s: int = 5) -> None:
+        self.queue = queue
+        self.cause = cause
+        self.retry_after_s = retry_after_s
+        self.message = (f"broker unavailable while submitting to {queue!r}: {cause}; "
+                        f"retry in {retry_after_s} s")
+        super().__init__(queue, cause, retry_after_s)
+
+
+class NotInstalled(BackpressureError, ValueError):
+    """``install()`` refused its arguments; the message names the queue and the fix."""
+
+    def __init__(self, problem: str) -> None:
+        self.message = f"back pressure not installed: {problem}"
+        super().__init__(problem)

@@ -1,0 +1,90 @@
+"""Live per-queue figures of one app: depth, bound, drain rate, oldest message's age."""
+from __future__ import annotations
+
+import json
+import time
+
+from tasks.backpressure.transports import GUARD_OPTION
+from tasks.backpressure.transports.redis import SENT_AT_HEADER
+
+
+def guard_for(app):
+    """The guard install() put on ``app``, or None."""
+    from tasks.backpressure.guard import Guard
+
+    return Guard.registered((app.conf.broker_transport_options or {}).get(GUARD_OPTION))
+
+
+def depth(app, queue: str) -> int | None:
+    """Ready messages, as the broker counts them; None if the broker did not answer."""
+    try:
+        with app.connection_for_write() as conn:
+            conn.ensure_connection(max_retries=1, timeout=1)
+            return ready(conn.default_channel, queue)
+    except Exception:  # noqa: BLE001 - an unreachable broker is a reading, not an error
+        return None
+
+
+def ready(channel, queue: str) -> int:
+    if hasattr(channel, "_size"):  # Redis: an empty queue does not "exist"
+        return channel._size(queue)
+    return channel.queue_declare(queue, passive=True).message_count
+
+
+class DepthReader:
+    """``depth`` over one long-lived connection, for a once-a-second reader (the meter)."""
+
+    def __init__(self, app) -> None:
+        self.app, self.conn = app, None
+
+    def __call__(self, queue: str) -> int | None:
+        try:
+            if self.conn is None:
+                self.conn = self.app.connection_for_write()
+                self.conn.ensure_connection(max_retries=1, timeout=1)
+            return ready(self.conn.default_channel, queue)
+        except Exception:  # noqa: BLE001 - try a fresh connection next time
+            self.close()
+            return None
+
+    def close(self) -> None:
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            try:
+                conn.close()
+            except Exception:  # noqa: BLE001
+                pass
+
+
+def oldest_age_s(app, queue: str) -> float | None:
+    """Age of the next message to run; Redis can tell, RabbitMQ cannot without consuming."""
+    guard = guard_for(app)
+    if guard is None or guard.broker_kind != "redis":
+        return None
+    try:
+        with app.connection_for_write() as conn:
+            channel = conn.default_channel
+            keys = dict.fromkeys(channel._q_for_pri(queue, p) for p in channel.priority_steps)
+            raw = next((m for m in (channel.client.lindex(k, -1) for k in keys) if m), None)
+    except Exception:  # noqa: BLE001
+        return None
+    if raw is None:
+        return 0.0
+    sent_at = json.loads(raw).get("headers", {}).get(SENT_AT_HEADER)
+    return max(0.0, time.time() - sent_at) if sent_at else None
+
+
+def queue_stats(app) -> dict[str, dict]:
+    """Per limited queue: depth, current bound, drain rate and oldest message's age."""
+    guard = guard_for(app)
+    if guard is None:
+        return {}
+    return {
+        queue: {
+            "depth": depth(app, queue),
+            "limit": guard.length_bound(limit),
+            "drain_rate": guard.drain_rate(queue),
+            "oldest_age_s": oldest_age_s(app, queue),
+        }
+        for queue, limit in guard.limits.items()
+    }

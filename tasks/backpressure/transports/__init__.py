@@ -1,0 +1,59 @@
+"""Guarded kombu transports: the one place every publish meets its queue's limit.
+
+* Redis (:mod:`.redis`): ``admit.lua`` counts the queue (with its priority
+  sub-lists) and pushes, atomically, so the limit is exact under any number of
+  concurrent submitters and costs no extra round trip.
+* RabbitMQ (:mod:`.amqp`): the broker's own ``x-max-length`` with
+  ``x-overflow: reject-publish`` and publisher confirms; a nack becomes QueueFull.
+
+:func:`tasks.backpressure.install` sets them as the app's ``broker_transport``;
+a channel finds its app's guard through the connection's transport options.
+"""
+from __future__ import annotations
+
+import hashlib
+from importlib import resources
+
+from redis.exceptions import NoScriptError
+
+#: The transport option that names the guard of the app a connection belongs to.
+GUARD_OPTION = "floodgate_guard"
+#: kombu names a connection's scheme after its transport; ours keep kombu's names.
+SCHEMES = {
+    "tasks.backpressure.transports.redis:Transport": "redis",
+    "tasks.backpressure.transports.amqp:Transport": "amqp",
+}
+
+
+def uri_of(connection, include_password: bool = False) -> str:
+    """The connection's URL as kombu would write it for its own transport (redis://, amqp://)."""
+    uri = connection.as_uri(include_password=include_password)
+    scheme = SCHEMES.get(connection.transport_cls)
+    return uri.replace(f"{connection.transport_cls}://", f"{scheme}://", 1) if scheme else uri
+
+
+def broker_id(connection) -> str:
+    """Which broker a connection talks to (password masked): prefetch windows are per broker."""
+    return uri_of(connection)
+
+
+class LuaScript:
+    """A script kept in a ``.lua`` file beside this module, run by its SHA (EVALSHA)."""
+
+    def __init__(self, name: str) -> None:
+        self.text = resources.files(__package__).joinpath(name).read_text()
+        self.sha = hashlib.sha1(self.text.encode()).hexdigest()
+
+    def __call__(self, client, keys: list[str], args: tuple):
+        try:
+            return client.evalsha(self.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            return client.eval(self.text, len(keys), *keys, *args)
+
+
+def guard_of(connection):
+    """The guard installed on the app this kombu connection belongs to, or None."""
+    from tasks.backpressure.guard import Guard
+
+    options = getattr(connection, "transport_options", None) or {}
+    return Guard.registered(options.get(GUARD_OPTION))

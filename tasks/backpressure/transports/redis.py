@@ -1,0 +1,64 @@
+"""Redis transport whose push refuses atomically when the queue is at its limit."""
+from __future__ import annotations
+
+import time
+
+import redis
+from kombu.transport import redis as kombu_redis
+
+from tasks.backpressure.errors import BrokerUnavailable
+from tasks.backpressure.limits import RETRY_AFTER_MAX_S
+from tasks.backpressure.transports import LuaScript, broker_id, guard_of
+
+ADMIT = LuaScript("admit.lua")
+SENT_AT_HEADER = "fg_sent_at"
+
+
+class Channel(kombu_redis.Channel):
+    # Batched publishes would bypass the per-message admission below.
+    supports_batch_publish = False
+
+    def _put(self, queue, message, **kwargs):
+        guard = guard_of(self.connection.client)
+        limit = guard.limit_for(queue) if guard else None
+        if limit is None:  # reply and pidbox queues, and other apps' queues, are not ours
+            return super()._put(queue, message, **kwargs)
+        headers = message.setdefault("headers", {})
+        guard.check_eta(queue, headers.get("eta"))
+        headers.setdefault(SENT_AT_HEADER, time.time())  # for the oldest message's age
+        bound = guard.length_bound(limit)
+        room = guard.room_in_broker(queue, self.broker_id(), bound)
+        lists = list(dict.fromkeys(self._q_for_pri(queue, p) for p in self.priority_steps))
+        target = self._q_for_pri(queue, self._get_message_priority(message, reverse=False))
+        rate = guard.drain_rate(queue) or 0
+        args = (room, lists.index(target) + 1, kombu_redis.dumps(message), rate,
+                RETRY_AFTER_MAX_S, max(1, bound) / rate if rate else 0)
+        try:
+            reply = ADMIT(self._admit_client(guard), [*lists, guard.meter.keys.ticket(queue)], args)
+        except redis.TimeoutError as exc:
+            raise BrokerUnavailable(queue, f"the broker did not answer in time: {exc}") from None
+        if not reply[0]:  # the depth reported counts what workers hold, as the limit does
+            wait_s = float(reply[2])
+            raise guard.refuse(queue, int(reply[1]) + bound - room, bound,
+                               wait_s=wait_s if wait_s >= 0 else None)
+        guard.admitted(queue)
+
+    def broker_id(self) -> str:
+        """Which broker this is (password masked): prefetch windows are counted per broker."""
+        found = getattr(self, "_fg_broker_id", None)
+        if found is None:
+            found = self._fg_broker_id = broker_id(self.connection.client)
+        return found
+
+    def _admit_client(self, guard) -> redis.Redis:
+        """A client whose reads time out, kept apart from the worker's blocking BRPOPs."""
+        client = getattr(self, "_fg_admit_client", None)
+        if client is None:
+            params = {**self._connparams(), "socket_timeout": guard.publish_timeout_s}
+            client = self._fg_admit_client = redis.Redis(
+                connection_pool=redis.ConnectionPool(**params))
+        return client
+
+
+class Transport(kombu_redis.Transport):
+    Channel = Channel

@@ -1,0 +1,109 @@
+"""Publish first, then store: how ``POST /posts`` hands a job to the workers.
+
+Admission is decided before any row is written or any lock is taken:
+
+1. The API picks the job id (a UUID) and publishes ``fanout_post(job_id)``. The
+   guarded transport admits or refuses it in one broker round trip. A refusal
+   (``QueueFull``) or a broker error (``BrokerUnavailable``) is a 503 that did
+   no database work and left nothing behind.
+2. Only an admitted job is stored: the post, its author's timeline entry and the
+   job row, in one transaction. The 202 is sent after that commit.
+
+The worker may take the message before that commit, or the commit may never
+come (the database failed, the API process died). So the worker waits for the
+job row (:func:`committed_job`), and if it is still missing after
+``COMMIT_GRACE_S`` it inserts the row itself, as ``abandoned``: a *fence*. The
+job id is the primary key, so the database lets exactly one of the two inserts
+win:
+
+- the API's commit came first: the fence inserts nothing; the job runs.
+- the fence came first: the API's insert conflicts, its transaction (post and
+  timeline entry included) rolls back, and its client gets a 503. The worker
+  acks the message without doing anything.
+
+No clock is trusted: the grace only decides how long a worker waits before it
+fences, never who wins. On PostgreSQL a fence racing an open transaction that
+already inserted the row blocks until that transaction ends; on SQLite the
+writes are serialised. Either way a 503 leaves nothing behind, and a 202's job
+runs (if the broker later loses its message, the outbox sweep re-sends it).
+
+When the API's own write fails it fences the id at once, so the worker need
+not wait; if the fence finds the row, the commit went through after all (its
+answer was lost) and the client gets its 202.
+"""
+from __future__ import annotations
+
+import time
+import uuid
+
+from celery.utils.log import get_logger
+from sqlalchemy.exc import SQLAlchemyError
+
+from tasks.demo import jobs
+from tasks.demo.db import engine
+from tasks.demo.errors import StoreFailed
+from tasks.demo.submit import submit
+from tasks.demo.timeline import insert_post
+
+FANOUT_TASK = "tasks.fanout.fanout_post"
+FANOUT = "fanout"
+FIRST_LOOK_S = 0.002
+LONGEST_LOOK_S = 0.25
+
+log = get_logger(__name__)
+
+
+def publish_then_store(author_id: int, text: str) -> dict:
+    """Admit the fan-out of a new post, then store it; returns post_id and job_id.
+
+    Raises QueueFull or BrokerUnavailable (nothing written) or StoreFailed.
+    """
+    job_id = str(uuid.uuid4())
+    submit(FANOUT_TASK, args=(job_id,), task_id=job_id)
+    try:
+        with engine().begin() as conn:
+            post = insert_post(conn, author_id, text)
+            jobs.create_job(conn, job_id, FANOUT, post["post_id"])
+    except SQLAlchemyError as exc:
+        return _recover(job_id, exc)
+    return {"post_id": post["post_id"], "job_id": job_id}
+
+
+def _recover(job_id: str, exc: SQLAlchemyError) -> dict:
+    cause = f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}" if str(exc) else type(exc).__name__
+    try:
+        with engine().begin() as conn:
+            if not jobs.fence(conn, job_id, FANOUT):
+                row = jobs.find(conn, job_id)
+                if row.state != jobs.ABANDONED:  # committed; only the answer was lost
+                    return {"post_id": row.post_id, "job_id": job_id}
+    except SQLAlchemyError:
+        raise StoreFailed(job_id, cause, fenced=False) from exc
+    raise StoreFailed(job_id, cause, fenced=True) from exc
+
+
+def committed_job(job_id: str, kind: str, grace_s: float):
+    """The job row the API committed, or None once fenced as abandoned.
+
+    Looks with growing pauses (the commit usually lands within milliseconds of
+    the publish), then fences. Called by the worker that took the message.
+    """
+    deadline = time.monotonic() + grace_s
+    pause = FIRST_LOOK_S
+    while True:
+        with engine().connect() as conn:
+            row = jobs.find(conn, job_id)
+        if row is not None:
+            return None if row.state == jobs.ABANDONED else row
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            break
+        time.sleep(min(pause, remaining))
+        pause = min(2 * pause, LONGEST_LOOK_S)
+    with engine().begin() as conn:
+        if jobs.fence(conn, job_id, kind):
+            log.warning("job %s was never committed within %.1f s: fenced as abandoned",
+                        job_id, grace_s)
+            return None
+        row = jobs.find(conn, job_id)
+    return None if row.state == jobs.ABANDONED else row

@@ -1,0 +1,104 @@
+"""Plain work functions for the demo domain. No Celery, no HTTP.
+
+Each takes an open SQLAlchemy connection, so the caller owns the transaction.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Sequence
+
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+
+from tasks.demo.db import insert_ignore
+from tasks.demo.errors import NameTaken, UnknownUser
+from tasks.demo.models import follows, posts, timeline_entries, users
+
+
+def create_user(conn, name: str) -> int:
+    try:
+        with conn.begin_nested():
+            return conn.execute(
+                users.insert().values(name=name, created_at=time.time())
+            ).inserted_primary_key[0]
+    except IntegrityError:
+        raise NameTaken(name) from None
+
+
+def user_id(conn, name: str) -> int:
+    found = conn.execute(select(users.c.id).where(users.c.name == name)).scalar()
+    if found is None:
+        raise UnknownUser(name)
+    return found
+
+
+def follow(conn, follower: str, followee: str) -> bool:
+    """Make ``follower`` follow ``followee``; False if it already did."""
+    row = {"follower_id": user_id(conn, follower), "followee_id": user_id(conn, followee)}
+    return conn.execute(insert_ignore(conn, follows).values(row)).rowcount == 1
+
+
+def create_post(conn, author: str, text: str) -> dict:
+    """Store a post and put it on its author's own timeline at once."""
+    return insert_post(conn, user_id(conn, author), text)
+
+
+def insert_post(conn, author_id: int, text: str) -> dict:
+    """:func:`create_post` for an author whose id is already known."""
+    now = time.time()
+    post_id = conn.execute(
+        posts.insert().values(author_id=author_id, text=text, created_at=now)
+    ).inserted_primary_key[0]
+    conn.execute(
+        timeline_entries.insert().values(user_id=author_id, post_id=post_id, created_at=now)
+    )
+    return {"post_id": post_id, "author_id": author_id, "created_at": now}
+
+
+def follower_ids(conn, author_id: int) -> list[int]:
+    query = (
+        select(follows.c.follower_id)
+        .where(follows.c.followee_id == author_id)
+        .order_by(follows.c.follower_id)
+    )
+    return list(conn.execute(query).scalars())
+
+
+def chunked(ids: Sequence[int], size: int) -> Iterator[list[int]]:
+    for start in range(0, len(ids), size):
+        yield list(ids[start : start + size])
+
+
+def deliver(conn, post_id: int, created_at: float, follower_ids: Sequence[int]) -> int:
+    """Bulk-insert the post into these timelines; duplicates are ignored."""
+    if not follower_ids:
+        return 0
+    rows = [{"user_id": u, "post_id": post_id, "created_at": created_at} for u in follower_ids]
+    # RETURNING counts what was really inserted: executemany's rowcount is -1 on psycopg.
+    stmt = insert_ignore(conn, timeline_entries).returning(timeline_entries.c.user_id)
+    return len(conn.execute(stmt, rows).all())
+
+
+def post_row(conn, post_id: int):
+    return conn.execute(select(posts).where(posts.c.id == post_id)).first()
+
+
+def read_timeline(conn, name: str, limit: int) -> list[dict]:
+    uid = user_id(conn, name)
+    query = (
+        select(posts.c.id, users.c.name, posts.c.text, posts.c.created_at)
+        .join(timeline_entries, timeline_entries.c.post_id == posts.c.id)
+        .join(users, users.c.id == posts.c.author_id)
+        .where(timeline_entries.c.user_id == uid)
+        .order_by(timeline_entries.c.created_at.desc(), posts.c.id.desc())
+        .limit(limit)
+    )
+    return [
+        {"post_id": r.id, "author": r.name, "text": r.text, "created_at": r.created_at}
+        for r in conn.execute(query)
+    ]
+
+
+def count_timeline_entries(conn, post_id: int) -> int:
+    query = select(func.count()).where(timeline_entries.c.post_id == post_id)
+    return conn.execute(query).scalar_one()
