@@ -9,12 +9,15 @@ from fastapi.responses import JSONResponse
 
 from api.limits import BodySizeLimit
 from api.routes import aggregates, jobs, ops, posts, users
+from config.logging import configure_api_logging
 from config.settings import get_settings
 from tasks.demo.db import engine
 from tasks.backpressure import BrokerUnavailable, QueueFull
 from tasks.demo.errors import JobNotFound, NameTaken, StoreFailed, UnknownUser
 
 settings = get_settings()
+# Under uvicorn, LOG_FORMAT=json turns its loggers to JSON lines before it logs anything.
+configure_api_logging()
 
 
 @asynccontextmanager

@@ -39,6 +39,9 @@ def draw(key: str, r: dict) -> None:
     elif exp == "d":
         plots.wait_limit(f"{key}.png",
                          f"(d) wait limit 2 s, one of two workers stopped - {broker}", r)
+    elif exp == "f":
+        plots.http_overload(f"{key}.png", f"(f) {broker}", r,
+                            [k for k in r if k.startswith("x") and k[1:].replace(".", "").isdigit()])
     elif exp == "e":
         fastest = r["median_rate"][r["plain_fastest"]]
         plots.bars(f"{key}.png", f"(e) drain rate of no-op tasks - {broker} (* one run)",

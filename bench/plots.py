@@ -103,3 +103,53 @@ def wait_limit(name: str, title: str, run: dict) -> str:
     twin.legend(fontsize=8, loc="upper right")
     bottom.set_xlabel("time (s)")
     return _save(fig, name)
+
+
+def http_overload(name: str, title: str, r: dict, factors: list[str]) -> str:
+    """(f): per second, over each phase: answers and completions, depth vs limit,
+    latency p50/p99 of 202s and 503s with their targets."""
+    cols = [k for k in factors if k in r and "series" in r[k]]
+    fig, axes = plt.subplots(3, max(1, len(cols)), figsize=(6 * max(1, len(cols)), 8.5),
+                             squeeze=False, sharex="col")
+    drain, limit = r.get("drain_rate_per_s"), r.get("limit")
+    for c, key in enumerate(cols):
+        run, (rates, depth, lat) = r[key], axes[:, c]
+        s = run["series"]
+        rates.plot(s["t"], s["ok"], label="202 /s", color="tab:green", drawstyle="steps-post")
+        rates.plot(s["t"], s["refused"], label="503 /s", color="tab:orange",
+                   drawstyle="steps-post")
+        if any(s["other"]):
+            rates.plot(s["t"], s["other"], label="timeouts, errors, other /s", color="tab:red",
+                       drawstyle="steps-post")
+        rates.plot(s["t"], s["completed"], label="jobs finished /s", color="tab:blue",
+                   drawstyle="steps-post")
+        if drain:
+            rates.axhline(drain, color="black", linestyle=":", label=f"drain alone {drain:g}/s")
+        rates.set_yscale("symlog", linthresh=10)
+        rates.set_ylim(bottom=0)
+        rates.set_ylabel("answers / jobs finished per second")
+        rates.set_title(f"{title}: {run['factor']:g}x drain ({run['offered_rate_per_s']}/s offered)",
+                        fontsize=10)
+        rates.legend(fontsize=7, loc="center right")
+        pts = [(t, d) for t, d in s["depth"] if d is not None]
+        if pts:
+            depth.plot([p[0] for p in pts], [p[1] for p in pts], color="tab:blue",
+                       label="fanout depth (ready), 10 Hz")
+        if limit:
+            depth.axhline(limit, color="tab:red", linestyle=":", label=f"limit {limit}")
+        depth.set_ylabel("messages")
+        depth.legend(fontsize=7, loc="lower right")
+        for field, colour, style, label in (
+                ("lat202_p50", "tab:green", "--", "202 p50"), ("lat202_p99", "tab:green", "-", "202 p99"),
+                ("lat503_p50", "tab:orange", "--", "503 p50"), ("lat503_p99", "tab:orange", "-", "503 p99")):
+            xs = [(t, v) for t, v in zip(s["t"], s[field]) if v is not None]
+            if xs:
+                lat.plot([x[0] for x in xs], [x[1] for x in xs], color=colour, linestyle=style,
+                         label=label, drawstyle="steps-post")
+        lat.axhline(25, color="tab:green", linestyle=":", label="202 target 25 ms")
+        lat.axhline(10, color="tab:orange", linestyle=":", label="503 target 10 ms")
+        lat.set_yscale("log")
+        lat.set_ylabel("latency (ms), by due second")
+        lat.set_xlabel("time (s from start of offer)")
+        lat.legend(fontsize=7, loc="upper right", ncol=2)
+    return _save(fig, name)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 
 from bench.env import BENCH, RESULTS
+from bench.stats import rnd
 
 RERUN = ".venv/bin/python -m bench.run_all --only {exp} --broker {broker}"
 OK = {True: "**pass**", False: "**FAIL**", None: "n/a"}
@@ -107,7 +108,24 @@ def _e(r):
                f"{r['proposed_ratio']} ({r['median_rate'][r['proposed']]} tasks/s)", None)
 
 
-SUMMARISERS = {"a": _a, "b": _b, "c": _c, "d": _d, "e": _e}
+def _f(r):
+    for key in _f_phases(r):
+        t = r[key]["targets"]
+        label = f"{r[key]['factor']:g}x"
+        yield (f"{label}: completion under overload / drain alone >= 0.9",
+               f"{t['completion'][0]} ({r[key]['completion_rate_per_s']} vs "
+               f"{r['drain_rate_per_s']} jobs/s)", t["completion"][2])
+        yield (f"{label}: p99 wait <= 1.1 x limit / drain", f"{t['wait_p99'][0]} s vs "
+               f"{t['wait_p99'][1]} s", t["wait_p99"][2])
+        yield f"{label}: p99 latency of a 503 <= 10 ms", f"{t['p99_503'][0]} ms", t["p99_503"][2]
+        yield f"{label}: p99 latency of a 202 <= 25 ms", f"{t['p99_202'][0]} ms", t["p99_202"][2]
+        yield (f"{label}: depth never above {r['limit']}", f"max {t['depth'][0]}",
+               t["depth"][2])
+        yield (f"{label}: no 5xx but 503, no connection error",
+               f"{r[key]['other_statuses'] or 'none'}", not r[key]["other_statuses"])
+
+
+SUMMARISERS = {"a": _a, "b": _b, "c": _c, "d": _d, "e": _e, "f": _f}
 
 
 def section_a(r: dict) -> str:
@@ -246,15 +264,179 @@ def _wall(r: dict) -> str:
     return f"\n_Wall time {r.get('wall_s', '?')} s{quick}._\n"
 
 
-SECTIONS = {"a": section_a, "b": section_b, "c": section_c, "d": section_d, "e": section_e}
+def _f_phases(r: dict) -> list[str]:
+    return [k for k in r if k.startswith("x") and isinstance(r[k], dict) and "targets" in r[k]]
+
+
+F_TITLE = "(f) The overload experiment through HTTP, end to end"
+F_RERUN = ".venv/bin/python -m bench.run_all --only f --stack {stacks}"
+F_STACKS = {
+    "make-up": "the stack `make up` starts (`python -m config.up`: embedded Valkey broker and "
+               "results, its default database - SQLite in the var dir, or an embedded "
+               "PostgreSQL where config/up.py starts one - API, workers, beat, Flower under "
+               "honcho)",
+    "make-up-sqlite": "the same with `DATABASE_URL=sqlite:///...` (SQLite's cost under write "
+                      "load)",
+    "prod": "`python -m config.up` with RabbitMQ (vhost `floodgate_bench_f`), PostgreSQL "
+            "(database `floodgate_bench_f`) and a Redis result backend (db 8)",
+}
+F_METHOD = """POST /posts -> database -> broker -> worker -> database -> GET /jobs, on whole
+stacks started the way `make up` starts them: `python -m config.up` as a subprocess in a
+session of its own, with `QUEUE_LIMITS=fanout=<limit>`, free `API_PORT`/`FLOWER_PORT`,
+`FLOODGATE_VAR_DIR` in a temp dir, run from that temp dir (with a copy of the Procfile;
+imports through `PYTHONPATH`) so nothing lands in the work tree; stopped with SIGINT to its
+process group, leftovers (by PID, ours only) SIGKILLed.
+
+* **Setup** over HTTP: 8 authors and 200 follower users, each follower following every
+  author (`POST /users`, `POST /follows`, 16 connections). Every post goes to one author
+  (round robin), so each job delivers to 200 timelines (one chunk).
+* **Drain rate alone**: with the fanout worker stopped (SIGSTOP), a burst of `limit`
+  posts (4 connections, back to back) fills the queue; the worker resumes (SIGCONT) and
+  drains it with nothing else running; GET /jobs until all are final; rate = jobs / (last
+  `finished_at` - first `started_at`); 3 bursts, the median.
+* **Overload**: open loop at 3x and at 10x that rate for the phase's duration
+  (`bench/http_load.py`, its own process: asyncio streams, pre-built HTTP/1.1 request
+  bytes, keep-alive connections from a pool that grows as needed up to 512; request i is
+  due at t0 + i/rate whatever the answers; one unanswered 10 s after its due time is
+  counted as a timeout, a failure). Every request records its send time, status,
+  latency from sending, latency from its due time (includes any wait for a connection),
+  and a 202's job id. The queue's depth (ready messages: LLEN of `fanout` and its
+  priority sub-lists on Redis, a passive `queue_declare` on RabbitMQ) is read from the
+  broker directly at 10 Hz. After the offer, limit/drain + 3 s of grace, then GET /jobs
+  for every accepted job until final. Wait = `started_at - submitted_at` of each job
+  (GET /jobs); completion rate = jobs whose `finished_at` falls in the offer's steady part
+  (from 5 s in to its end) per second.
+* **Load generator's CPU**: `getrusage` of its own process over its whole run, shown as a
+  share of one core next to each result (not pinned unless `--f-pin-loadgen`). The CPU of
+  every part of the stack (by process, from `/proc/<pid>/stat`) and the machine's busy
+  share are recorded for each phase in the JSON (`cpu_during_offer`).
+* **Item 4, refusals per API process**: the fanout worker is stopped (SIGSTOP to its
+  processes), the queue filled past its limit, then 16 keep-alive connections send
+  POST /posts back to back for 10 s; refusals/s, and the uvicorn process's CPU
+  (utime + stime) per refusal. The worker gets SIGCONT afterwards.
+* Targets: completion under overload / drain alone >= 0.9; p99 wait <= 1.1 x limit / drain
+  rate (alone); p99 latency of a 503 <= 10 ms and of a 202 <= 25 ms; depth never above the
+  limit; and no 5xx other than 503 (nor connection errors).
+
+Isolation: each stack's files live in its own temp dir; the production-like stack uses
+the RabbitMQ vhost `floodgate_bench_f`, the PostgreSQL database `floodgate_bench_f` and
+Redis db 8, created before and deleted (db 8 flushed) after. `--f-code COMMIT` measures a
+commit's code (`git archive` into the temp dir) instead of the work tree; `--f-before
+COMMIT` adds a run of an earlier commit to each stack's result (`before_run`).
+
+The machine has 2 cores shared by the load generator, the API, the worker, the database
+and the broker (and other engineers' runs): every rate here is bounded by that.
+"""
+
+
+def section_f(r: dict) -> str:
+    phases = _f_phases(r)
+    keys = [("offered_rate_per_s", "offered /s"), ("achieved_send_rate_per_s", "sent /s"),
+            ("offered", "requests"), ("accepted_202", "202"), ("refused_503", "503"),
+            ("other_statuses", "other statuses / connection errors"),
+            ("non_queue_full_503", "503 not for a full queue"),
+            ("job_states", "accepted jobs' final states"),
+            ("completion_rate_per_s", "completed /s (steady part)"),
+            ("completion_vs_drain_alone", "completed / drain alone"),
+            ("wait_p50_s", "wait p50 (s)"), ("wait_p99_s", "wait p99 (s)"),
+            ("wait_max_s", "wait max (s)"), ("lat_202_p50_ms", "202 latency p50 (ms)"),
+            ("lat_202_p99_ms", "202 latency p99 (ms)"),
+            ("lat_202_from_due_p99_ms", "202 latency p99 from due time (ms)"),
+            ("lat_503_p50_ms", "503 latency p50 (ms)"), ("lat_503_p99_ms", "503 latency p99 (ms)"),
+            ("depth_max", "max depth"), ("api_cpu_share", "API process CPU (cores)"),
+            ("loadgen_cpu_share", "load generator CPU (cores)"),
+            ("loadgen_peak_conns", "load generator connections (peak)")]
+    rows = [[label] + [_cell(r[p].get(k)) for p in phases] for k, label in keys]
+    rows.append(["stack's processes CPU (cores)"] + [_cell(rnd(sum(
+        (r[p].get("cpu_during_offer") or {}).get("parts_cpu_share_of_one_core", {}).values()), 2))
+        for p in phases])
+    rows.append(["processes outside the stack's tree (cores; other engineers' runs, and "
+                 "on prod the PostgreSQL, RabbitMQ and Redis services)"] + [
+        _cell((r[p].get("cpu_during_offer") or {}).get("others_cores")) for p in phases])
+    rows.append(["machine busy (of 2 cores)"] + [
+        _cell((r[p].get("cpu_during_offer") or {}).get("cores_busy")) for p in phases])
+    names = {"completion": "completion / drain alone >= 0.9", "wait_p99": "p99 wait <= 1.1 x "
+             f"{r['limit']} / {r['drain_rate_per_s']} s", "p99_503": "503 p99 <= 10 ms",
+             "p99_202": "202 p99 <= 25 ms", "depth": f"depth <= {r['limit']}",
+             "no_other_5xx": "no 5xx but 503"}
+    trows = [[names[t]] + [f"{r[p]['targets'][t][0]} {OK[r[p]['targets'][t][2]]}"
+                           for p in phases] for t in names]
+    head = [""] + [f"{r[p]['factor']:g}x" for p in phases]
+    ref = r.get("refusals") or {}
+    cal = r.get("calibration", {})
+    before = r.get("before_run")
+    before_txt = ""
+    if before:
+        bp = _f_phases(before)
+        brows = [[label] + [_cell(before[p].get(k)) for p in bp] for k, label in keys]
+        before_txt = f"""
+**Before** (commit {before.get('commit')}: the API wrote the post and job, then published
+inside the transaction; database {before.get('banner', {}).get('database', '?').split('?')[0]},
+drain alone {before.get('drain_rate_per_s')} jobs/s, timings from
+{before.get('timing_source')}):
+
+{table([''] + [f"{before[p]['factor']:g}x" for p in bp], brows)}
+
+Item 4 before: {(before.get('refusals') or {}).get('refusals_per_s')} refusals/s,
+{(before.get('refusals') or {}).get('api_cpu_ms_per_refusal')} ms of API CPU each.
+"""
+    return f"""### (f) {r['stack']}: {F_STACKS.get(r['stack'], r['stack'])}
+
+Code: {r.get('commit')}. Database {r.get('banner', {}).get('database', '?')}; broker
+{r.get('banner', {}).get('broker', '?')}. Limit `fanout={r['limit']}`, {r['duration_s']:g} s
+per phase, {r.get('authors')} authors x {r.get('followers_per_author')} followers.
+Drain rate alone: **{r.get('drain_rate_per_s')} jobs/s** (bursts: {', '.join(
+    str(x.get('rate')) for x in cal.get('reps', []))}{_cal_others(cal)}). Timings from
+{r.get('timing_source')}.
+
+{table(head, rows)}
+
+Targets:
+
+{table(['target'] + head[1:], trows)}
+
+**Item 4** (fanout worker stopped, queue full, {ref.get('conns')} connections for
+{ref.get('duration_s')} s): **{ref.get('refusals_per_s')} refusals/s** from one API process,
+**{ref.get('api_cpu_ms_per_refusal')} ms of API CPU per refusal** (API at
+{ref.get('api_cpu_share')} of a core; 503 p50 {ref.get('lat_503_p50_ms')} ms, p99
+{ref.get('lat_503_p99_ms')} ms; answers {ref.get('counts')}; load generator
+{ref.get('loadgen_cpu_share')} of a core).
+{before_txt}
+![answers, completions, depth and latency per second](plots/f_{r['stack']}.png)
+"""
+
+
+def _cal_others(cal: dict) -> str:
+    others = [x.get("others_cores") for x in cal.get("reps", [])]
+    if any(o is None for o in others) or not others:
+        return ""
+    return ("; processes outside the stack meanwhile, services included: "
+            + ", ".join(map(str, others)) + " cores")
+
+
+def _cell(v):
+    if isinstance(v, dict):
+        return ", ".join(f"{k}: {n}" for k, n in v.items()) or "none"
+    return v
+
+
+SECTIONS = {"a": section_a, "b": section_b, "c": section_c, "d": section_d, "e": section_e,
+            "f": section_f}
 
 
 def write(meta: dict, notes) -> None:
     results = load()
     notes = notes(results) if callable(notes) else notes
     parts = [header(meta), summary(results)]
-    for exp in "abcde":
+    for exp in "abcdef":
         keys = [k for k in results if k.split("_", 1)[0] == exp]
+        if keys and exp == "f":
+            parts.append(f"## {F_TITLE}\n\n{F_METHOD}")
+            parts += [SECTIONS[exp](results[k]) + _wall(results[k]) for k in keys]
+            stacks = ",".join(k.split("_", 1)[1] for k in keys)
+            parts.append(f"Rerun: `{F_RERUN.format(stacks=stacks)}` (add `--quick` for 10 s "
+                         "phases, `--f-limit N`, `--f-duration S`).\n")
+            continue
         if keys:
             parts.append(f"## ({exp})\n")
             parts += [SECTIONS[exp](results[k]) + _wall(results[k]) for k in keys]

@@ -5,6 +5,7 @@ import sys
 
 from celery import Celery
 
+import config.logging  # noqa: F401 - LOG_FORMAT and job ids on log lines (Celery signals)
 from config.flower import secure_flower
 from config.queues import KEY_PREFIX, as_install_limits, parse_queue_limits
 from config.settings import get_settings
@@ -18,7 +19,6 @@ app = Celery(
              "scheduler.tasks"],
 )
 app.config_from_object("config.celeryconfig")
-
 
 
 def bound_queues(celery_app: Celery) -> Guard:

@@ -15,6 +15,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from config.queues import DEFAULT_LIMITS, parse_queue_limits
 from tasks.backpressure.install import broker_kind
 
+#: SQS's longest visibility timeout.
+SQS_MAX_VISIBILITY_S = 43_200
 PLACEHOLDERS = {"changeme", "change-me", "password", "secret", "guest", "admin", ""}
 
 
@@ -25,7 +27,7 @@ class ConfigError(SystemExit):
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(extra="ignore", frozen=True)
 
-    broker_url: str = Field(description="redis://, rediss://, amqp:// or memory:// URL")
+    broker_url: str = Field(description="redis://, rediss://, amqp://, sqs:// or memory:// URL")
     result_backend: str | None = Field(
         default=None, description="Result backend URL; defaults to BROKER_URL when that is Redis"
     )
@@ -64,6 +66,23 @@ class Settings(BaseSettings):
         default=1800, ge=60, description="the broker's consumer_timeout (RabbitMQ default 30 min)"
     )
     publish_timeout_s: float = Field(default=1.0, gt=0, le=30)
+    # Amazon SQS (BROKER_URL=sqs://, or sqs://KEY:SECRET@ for explicit credentials; else
+    # boto3's usual chain: environment, profile, instance role). README "SQS".
+    sqs_region: str | None = Field(default=None, description="AWS region; else boto3's default, "
+                                   "else us-east-1")
+    sqs_endpoint_url: str | None = Field(default=None, description="another SQS endpoint "
+                                         "(moto, localstack, a VPC endpoint)")
+    sqs_wait_time_s: int = Field(default=10, ge=0, le=20,
+                                 description="long-poll wait of a ReceiveMessage (SQS allows 0-20)")
+    sqs_queue_name_prefix: str = Field(default="floodgate-", max_length=40,
+                                       pattern=r"^[A-Za-z0-9_-]*$",
+                                       description="prefix of every SQS queue name")
+    sqs_reconcile_interval_s: float = Field(default=10, gt=0, le=3600,
+                                            description="how often the admission count is "
+                                            "compared with SQS's own")
+    sqs_reconcile_lag_s: float = Field(default=60, ge=0, le=3600,
+                                       description="sends younger than this are never taken for "
+                                       "drift (SQS's counts lag up to a minute)")
     max_redeliveries: int = Field(default=3, ge=0, le=100)
     # https://docs.celeryq.dev/en/stable/userguide/configuration.html#worker-send-task-events
     worker_send_task_events: bool = Field(
@@ -71,6 +90,12 @@ class Settings(BaseSettings):
         description="workers send task events from their start (three extra publishes per "
         "task); on wherever Flower runs, which otherwise switches them on only ~5 s after "
         "it starts and misses the tasks run before",
+    )
+
+    log_format: Literal["text", "json"] = Field(
+        default="text",
+        description="text: readable lines; json: one JSON object per line (API, worker, beat), "
+        "each carrying the job id, task name and queue where known (config/logging.py)",
     )
 
     @field_validator("broker_url", "result_backend", "meter_url", "database_url")
@@ -112,6 +137,12 @@ class Settings(BaseSettings):
                 f"consumer_timeout ({self.rabbitmq_consumer_timeout_s} s, "
                 "RABBITMQ_CONSUMER_TIMEOUT_S), or the broker closes the channel mid-task"
             )
+        if self.broker_kind == "sqs" and self.visibility_timeout_s > SQS_MAX_VISIBILITY_S:
+            raise ValueError(
+                f"REDIS_VISIBILITY_TIMEOUT_S ({self.visibility_timeout_s}) is also SQS's visibility "
+                f"timeout, which SQS caps at {SQS_MAX_VISIBILITY_S} s (12 h): lower it, or "
+                "TASK_TIME_LIMIT_S"
+            )
         if self.broker_kind == "amqp":
             waits = [l.queue for l in parse_queue_limits(self.queue_limits).values() if l.wait_s]
             if waits:
@@ -136,7 +167,15 @@ class Settings(BaseSettings):
     def _derived_urls(self) -> "Settings":
         if self.result_backend is None and not _is_redis(self.broker_url):
             if not self.broker_url.startswith("memory://"):
-                raise ValueError("RESULT_BACKEND must be set when BROKER_URL is not Redis")
+                raise ValueError("RESULT_BACKEND must be set when BROKER_URL is not Redis"
+                                 + (" (SQS holds no results: use redis:// or db+postgresql://)"
+                                    if self.broker_kind == "sqs" else ""))
+        if self.result_backend and broker_kind(self.result_backend) == "sqs":
+            raise ValueError("RESULT_BACKEND cannot be SQS, which holds no results: use redis:// "
+                             "or db+postgresql://")
+        if self.broker_kind == "sqs" and self.meter_redis_url is None:
+            raise ValueError("BROKER_URL is SQS, whose queues have no length cap: the guard counts "
+                             "admissions in Redis; set METER_URL (or a Redis RESULT_BACKEND)")
         return self
 
     @property
@@ -156,7 +195,7 @@ class Settings(BaseSettings):
 
     @property
     def broker_kind(self) -> str:
-        """'redis', 'amqp' or 'memory': the broker family the guard adapts to."""
+        """'redis', 'amqp', 'sqs' or 'memory': the broker family the guard adapts to."""
         return broker_kind(self.broker_url)
 
 

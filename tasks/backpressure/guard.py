@@ -28,6 +28,7 @@ from tasks.backpressure.limits import (
     WAIT_LIMIT_BOOTSTRAP_LENGTH,
     Limit,
 )
+from tasks.backpressure import submits
 from tasks.backpressure.meter import Meter
 from tasks.backpressure.transports import LuaScript
 
@@ -107,11 +108,13 @@ class Guard:
     def refuse(self, queue: str, depth: int, bound: int, wait_s: float | None = None) -> QueueFull:
         """The error for a refusal; ``wait_s``: the ticket, when the broker already drew it."""
         REFUSED.labels(queue).inc()
+        submits.record(self.meter, queue, submits.REFUSED)
         after_s = self.retry_after_s(queue, depth, bound) if wait_s is None else clamp(wait_s)
         return QueueFull(queue=queue, depth=depth, limit=bound, retry_after_s=after_s)
 
     def admitted(self, queue: str) -> None:
         ACCEPTED.labels(queue).inc()
+        submits.record(self.meter, queue, submits.ACCEPTED)
 
     def check_eta(self, queue: str, eta: str | None) -> None:
         """Refuse an ETA the broker would deliver twice.

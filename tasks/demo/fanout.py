@@ -19,6 +19,7 @@ from tasks.demo.db import engine
 from tasks.runtime.base import FloodgateTask
 from tasks.backpressure import BrokerUnavailable, QueueFull
 from tasks.demo.handoff import committed_job
+from tasks.demo.notify import notify
 from tasks.demo.timeline import chunked, deliver, follower_ids, post_row
 
 log = get_task_logger(__name__)
@@ -44,6 +45,7 @@ class JobTask(FloodgateTask):
         if job_id:
             with engine().begin() as conn:
                 jobs.fail(conn, job_id, sanitise(exc))
+            notify(job_id)
 
 
 def sanitise(exc: BaseException) -> str:
@@ -51,12 +53,18 @@ def sanitise(exc: BaseException) -> str:
     return f"{type(exc).__name__}: the job failed after its retries; see worker logs"
 
 
-@app.task(bind=True, base=JobTask, name="tasks.fanout.fanout_post", track_started=True)
+# ignore_result: the job row is the status users read (state, progress, times). A stored
+# result would also make every submitter subscribe to the task's result channel (Celery's
+# Redis backend does so in send_task): a round trip per submission, refusals included,
+# and a subscription the API process never drops.
+@app.task(bind=True, base=JobTask, name="tasks.fanout.fanout_post", ignore_result=True)
 def fanout_post(self, job_id: str, post_id: int | None = None) -> dict:
     """``post_id`` is optional: the API publishes before the post exists (tasks/handoff.py)."""
     job = committed_job(job_id, "fanout", get_settings().commit_grace_s)
     if job is None:
+        log.warning("job %s skipped: the API never committed it (abandoned)", job_id)
         return {"skipped": "abandoned: the API never committed this job"}
+    log.info("job %s taken: fanning out post %s", job_id, job.post_id)
     post_id = job.post_id
     with engine().begin() as conn:
         post = post_row(conn, post_id)
@@ -66,6 +74,7 @@ def fanout_post(self, job_id: str, post_id: int | None = None) -> dict:
         chunks = list(chunked(ids, get_settings().fanout_chunk_size))
         if not jobs.start(conn, job_id, len(chunks)):
             return {"skipped": "job already finished"}
+    notify(job_id)
     if len(chunks) <= 1:
         deliver_chunk.run(job_id, post_id, 0, chunks[0] if chunks else [])
     else:
@@ -91,7 +100,10 @@ def deliver_chunk(job_id: str, post_id: int, chunk_index: int, follower_ids: lis
         post = post_row(conn, post_id)
         if post is None:
             raise PostNotVisible(post_id)
-        jobs.lock(conn, job_id)
+        # Insert first, then lock the job row: chunks of one job insert in parallel
+        # (their rows differ) and only their short completions are serialised.
         delivered = deliver(conn, post_id, post.created_at, follower_ids)
+        jobs.lock(conn, job_id)
         jobs.finish_chunk(conn, job_id, chunk_index, delivered)
+    notify(job_id)
     return delivered

@@ -5,20 +5,18 @@ effect must happen once. Runs on this pass's broker, a private instance,
 restarted cleanly with its data kept (see ``Broker.restart``).
 
 To have jobs *running* at the moment of the restart, the test holds a write
-lock on the app's database: each ``fanout_post`` has started (the result
-backend says STARTED) and waits inside the task for its first write.
+lock on the app's database: each ``fanout_post`` has started (its worker logged
+"job … taken") and waits inside the task for its first write.
 """
 from __future__ import annotations
 
-import json
 import sqlite3
 import time
 
 import psycopg
 import pytest
-import redis
 
-from tests.faults.harness import RESULTS_URL, make_author, wait_for
+from tests.faults.harness import make_author, wait_for
 
 FOLLOWERS, CHUNK = 3, 2  # two chunks per job: fanout_post publishes deliver_chunk messages
 JOBS = 4                 # = worker concurrency, so all of them are running at once
@@ -44,11 +42,6 @@ class WriteLock:
             self.conn.close()
 
 
-def task_state(task_id: str) -> str | None:
-    raw = redis.Redis.from_url(RESULTS_URL).get(f"celery-task-meta-{task_id}")
-    return json.loads(raw)["status"] if raw else None
-
-
 def start_running_jobs(broker, floodgate):
     """API and a worker on the private broker; JOBS accepted fan-outs, all inside their task,
     held there by the database lock. Returns (system, worker, author, accepted, lock)."""
@@ -63,9 +56,9 @@ def start_running_jobs(broker, floodgate):
     lock = WriteLock(system.db_url)
     try:
         worker = system.start_worker(concurrency=JOBS, pool="prefork")  # JOBS at once
-        wait_for(lambda: all(task_state(j) == "STARTED" for j in accepted), 30,
+        wait_for(lambda: all(f"job {j} taken" in worker.output() for j in accepted), 30,
                  "the jobs did not all start",
-                 on_timeout=lambda: {j: task_state(j) for j in accepted})
+                 on_timeout=lambda: worker.output()[-2000:])
     except BaseException:
         lock.release()
         raise

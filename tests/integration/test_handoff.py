@@ -1,12 +1,12 @@
 """Publish first, then store (tasks/handoff.py): a refusal does no database work,
 a 503 leaves nothing behind, and a 202's job runs, across the crash window."""
 import contextlib
+import logging
 import threading
 import time
 import uuid
 
 import pytest
-from celery.result import AsyncResult
 from sqlalchemy import event, text
 from sqlalchemy.exc import IntegrityError
 
@@ -76,8 +76,8 @@ def test_a_job_published_but_never_committed_is_fenced_and_a_late_commit_fails(a
     job_id = str(uuid.uuid4())
     submit(FANOUT_TASK, args=(job_id,), task_id=job_id)  # ... and no commit follows
 
+    # Only a worker can have fenced it: the API never ran for this job.
     wait_for(lambda: _state(job_id) == jobs.ABANDONED, GRACE_S + 15, "the job was never fenced")
-    assert AsyncResult(job_id).get(timeout=10)["skipped"].startswith("abandoned")
 
     posts_before = count(posts)
     with pytest.raises(IntegrityError), engine().begin() as conn:  # the API's commit, too late
@@ -128,7 +128,9 @@ def failing_post_insert():
         conn.execute(text(f"DROP TRIGGER {trigger}{on}"))
 
 
-def test_a_database_failure_after_admission_answers_503_and_keeps_nothing(api, failing_post_insert):
+def test_a_database_failure_after_admission_answers_503_and_keeps_nothing(
+        api, failing_post_insert, caplog):
+    caplog.set_level(logging.WARNING, logger="tasks.demo.fanout")
     author, fans = make_following(api, followers=2)
     before = count(posts), count(timeline_entries)
 
@@ -140,9 +142,8 @@ def test_a_database_failure_after_admission_answers_503_and_keeps_nothing(api, f
     assert (count(posts), count(timeline_entries)) == before
     assert api.get(f"/jobs/{body['job_id']}").status_code == 404
     # The admitted message is skipped at once: the API fenced its id, so no grace is waited.
-    started = time.monotonic()
-    assert AsyncResult(body["job_id"]).get(timeout=10)["skipped"].startswith("abandoned")
-    assert time.monotonic() - started < GRACE_S
+    skipped = f"job {body['job_id']} skipped"
+    wait_for(lambda: skipped in caplog.text, GRACE_S * 0.75, "the worker did not skip it at once")
 
 
 def test_many_posts_racing_their_workers_all_run(api):

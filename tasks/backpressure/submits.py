@@ -1,0 +1,130 @@
+"""Accepted and refused submissions per second, shared by every submitting process.
+
+The guard's Prometheus counters count one process's submissions. ``floodgate
+status`` wants the last minute across all of them (every API process, every worker
+that fans out), so each process also keeps in-process counts and one daemon thread
+flushes them once a second into per-second Redis buckets beside the meter's
+(``{prefix}:submits:{accepted|refused}:{queue}:{epoch s}``, kept BUCKET_TTL_S).
+Recording a submission is a dict increment under a lock: no round trip is added
+to the submit path. A process that exits loses at most its last second (an
+``atexit`` flush keeps even that on a clean exit).
+
+Readers: :func:`last_minute` (one MGET of 120 keys).
+"""
+from __future__ import annotations
+
+import atexit
+import os
+import threading
+import time
+import weakref
+from collections import Counter
+
+import redis
+
+from tasks.backpressure.limits import BUCKET_TTL_S
+
+ACCEPTED, REFUSED = "accepted", "refused"
+FLUSH_INTERVAL_S = 1.0
+WINDOW_S = 60
+
+
+def key(prefix: str, outcome: str, queue: str, epoch_s: int) -> str:
+    return f"{prefix}:submits:{outcome}:{queue}:{epoch_s}"
+
+
+class SubmitCounter:
+    """One process's counts for one meter, flushed by one daemon thread."""
+
+    def __init__(self, meter) -> None:
+        self.meter = meter
+        self._counts: Counter[tuple[str, str]] = Counter()
+        self._lock = threading.Lock()
+        self._pid: int | None = None  # the process whose thread flushes; a fork starts anew
+
+    def add(self, queue: str, outcome: str) -> None:
+        if self._pid != os.getpid():
+            self._start()
+        with self._lock:
+            self._counts[(outcome, queue)] += 1
+
+    def _start(self) -> None:
+        with _start_lock:
+            if self._pid == os.getpid():
+                return
+            self._lock = threading.Lock()  # a lock held across fork would never be released
+            self._counts = Counter()       # the parent flushes its own counts
+            self._pid = os.getpid()
+            threading.Thread(target=self._run, daemon=True, name="submit-counter").start()
+
+    def flush(self) -> None:
+        with self._lock:
+            counts, self._counts = self._counts, Counter()
+        client = self.meter.client
+        if not counts or client is None:
+            return
+        now, prefix = int(time.time()), self.meter.keys.prefix
+        try:
+            with client.pipeline(transaction=False) as pipe:
+                for (outcome, queue), n in counts.items():
+                    name = key(prefix, outcome, queue, now)
+                    pipe.incrby(name, n)
+                    pipe.expire(name, BUCKET_TTL_S)
+                pipe.execute()
+        except redis.RedisError:
+            with self._lock:  # keep the counts for the next flush
+                self._counts.update(counts)
+
+    def _run(self) -> None:
+        pid = os.getpid()
+        while self._pid == pid:
+            time.sleep(FLUSH_INTERVAL_S)
+            self.flush()
+
+
+_start_lock = threading.Lock()
+_counters: "weakref.WeakKeyDictionary[object, SubmitCounter]" = weakref.WeakKeyDictionary()
+
+
+def counter(meter) -> SubmitCounter:
+    found = _counters.get(meter)
+    if found is None:
+        with _start_lock:
+            found = _counters.setdefault(meter, SubmitCounter(meter))
+    return found
+
+
+def record(meter, queue: str, outcome: str) -> None:
+    """Count one submission to ``queue`` (ACCEPTED or REFUSED); never raises, never waits
+    on the network."""
+    try:
+        counter(meter).add(queue, outcome)
+    except Exception:  # noqa: BLE001 - counting must never fail a submission
+        pass
+
+
+def last_minute(meter, queues, window_s: int = WINDOW_S) -> dict[str, dict[str, int]]:
+    """Per queue, ``{"accepted": n, "refused": n}`` over the last ``window_s`` seconds
+    (the current second included: what was flushed so far); ``{}`` without a meter."""
+    client, queues = meter.client, list(queues)
+    if client is None or not queues:
+        return {}
+    now = int(time.time())
+    seconds = range(now - window_s + 1, now + 1)
+    names = [key(meter.keys.prefix, outcome, queue, s)
+             for queue in queues for outcome in (ACCEPTED, REFUSED) for s in seconds]
+    values = client.mget(names)
+    totals, i = {}, 0
+    for queue in queues:
+        totals[queue] = {}
+        for outcome in (ACCEPTED, REFUSED):
+            totals[queue][outcome] = sum(int(v) for v in values[i:i + window_s] if v)
+            i += window_s
+    return totals
+
+
+@atexit.register
+def _flush_all() -> None:
+    for found in list(_counters.values()):
+        if found._pid == os.getpid():
+            found.flush()
