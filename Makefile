@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-test
 UP_STAMP := $(VENV)/.installed-up
 
-.PHONY: up test test-unit test-integration bench install clean compose-check
+.PHONY: up test test-unit test-integration test-sqs bench install clean compose-check
 
 $(BIN)/python:
 	@test -n "$(PY)" || { echo "Python 3.11 or newer is required (none found on PATH)"; exit 1; }
@@ -21,7 +21,7 @@ $(UP_STAMP): pyproject.toml | $(BIN)/python
 	touch $@
 
 $(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e '.[dev,test,bench]'
+	$(BIN)/pip install --quiet -e '.[dev,test,bench,sqs]'
 	touch $@ $(UP_STAMP)
 
 install: $(STAMP)
@@ -38,6 +38,19 @@ test: $(STAMP)
 	FLOODGATE_TEST_BROKER=redis $(BIN)/python -m pytest tests/faults
 	FLOODGATE_TEST_BROKER=amqp TEST_DATABASE=postgresql $(BIN)/python -m pytest tests/integration
 	FLOODGATE_TEST_BROKER=amqp TEST_DATABASE=postgresql $(BIN)/python -m pytest tests/faults
+	$(SQS_PASS)
+
+# SQS (README "SQS"): the fan-out flow, the limit and refusal tests, the duplicate and
+# metrics rows and tests/integration/test_sqs.py, on moto servers the tests start.
+SQS_TESTS := tests/integration/test_sqs.py tests/integration/test_flow.py \
+	tests/integration/test_back_pressure.py \
+	tests/integration/test_faults_api.py::test_row8_duplicate_deliveries_of_a_fanout_have_one_effect \
+	tests/integration/test_faults_api.py::test_row9_a_countdown_the_broker_would_redeliver_is_refused_at_submission \
+	tests/integration/test_faults_api.py::test_metrics_expose_depth_limit_counters_and_drain_rate
+SQS_PASS = FLOODGATE_TEST_BROKER=sqs $(BIN)/python -m pytest $(SQS_TESTS)
+
+test-sqs: $(STAMP)
+	$(SQS_PASS)
 
 bench: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m bench.run_all

@@ -62,6 +62,26 @@ broker_transport_options = {
         "unacked_restore_interval": max(1, min(10, _s.visibility_timeout_s // 4)),
         "unacked_restore_throttle": 1,
     },
+    # SQS: the same visibility timeout (SQS redelivers a message not deleted within it, so
+    # it exceeds the hard time limit, as on Redis), queues created with it under a prefix
+    # of their own, long polling (SQS_WAIT_TIME_S) and no extra client-side sleep after an
+    # empty long poll (kombu's polling_interval), a short one after an empty short poll.
+    # The guard's admission count is reconciled with SQS's own every few seconds (README "SQS").
+    # https://docs.celeryq.dev/en/stable/getting-started/backends-and-brokers/sqs.html
+    "sqs": {
+        "visibility_timeout": _s.visibility_timeout_s,
+        "region": _s.sqs_region,
+        "endpoint_url": _s.sqs_endpoint_url,
+        "wait_time_seconds": _s.sqs_wait_time_s,
+        "polling_interval": 0 if _s.sqs_wait_time_s else 1,
+        "queue_name_prefix": _s.sqs_queue_name_prefix,
+        "floodgate_sqs_reconcile_interval_s": _s.sqs_reconcile_interval_s,
+        "floodgate_sqs_reconcile_lag_s": _s.sqs_reconcile_lag_s,
+        # publish_timeout_s bounds a send as it bounds a Redis push or a RabbitMQ confirm.
+        "client-config": {"connect_timeout": _s.publish_timeout_s,
+                          "read_timeout": max(_s.publish_timeout_s, _s.sqs_wait_time_s + 5),
+                          "retries": {"total_max_attempts": 1}},
+    },
 }.get(_s.broker_kind, {})
 
 # Ack after the task ran, so a worker that dies mid-task leaves the message to be redelivered.

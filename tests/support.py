@@ -5,9 +5,13 @@ namespaces; nothing else on the shared servers is touched.
 """
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import socket
 import subprocess
+import sys
+import time
 
 import psycopg
 import redis
@@ -34,14 +38,82 @@ RESULTS_DB = 13
 
 def broker_kind() -> str:
     kind = os.environ.get("FLOODGATE_TEST_BROKER", "redis")
-    if kind not in ("redis", "amqp"):
-        raise SystemExit(f"FLOODGATE_TEST_BROKER must be 'redis' or 'amqp', not {kind!r}")
+    if kind not in ("redis", "amqp", "sqs"):
+        raise SystemExit(f"FLOODGATE_TEST_BROKER must be 'redis', 'amqp' or 'sqs', not {kind!r}")
     return kind
 
 
 def broker_url(namespace: str) -> str:
     db, vhost = NAMESPACES[namespace]
+    if broker_kind() == "sqs":
+        return f"sqs://testing:testing@127.0.0.1:{sqs_server(namespace)}"
     return f"{REDIS}/{db}" if broker_kind() == "redis" else f"{AMQP}/{vhost}"
+
+
+# SQS: a local SQS-compatible server (moto's server mode) per namespace, started on a
+# free loopback port the first time the namespace is used, stopped by stop_sqs_servers()
+# (the integration conftest's session fixture) or at exit: separate servers keep
+# namespaces apart as Redis databases and RabbitMQ vhosts do.
+_sqs_servers: dict[str, tuple[subprocess.Popen, int]] = {}
+SQS_CREDENTIALS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing",
+                   "region_name": "us-east-1"}
+
+
+def sqs_server(namespace: str) -> int:
+    """The port of this namespace's moto server, started if it is not running."""
+    if namespace in _sqs_servers:
+        return _sqs_servers[namespace][1]
+    binary = shutil.which("moto_server", path=os.path.dirname(sys.executable)) or "moto_server"
+    port = free_port()
+    # Tests purge queues more often than SQS's one PurgeQueue a minute.
+    env = {**os.environ, "MOTO_SQS_ENFORCE_STRICT_QUEUE_PURGE_BEHAVIOUR": "false"}
+    proc = subprocess.Popen([binary, "-H", "127.0.0.1", "-p", str(port)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _sqs_servers[namespace] = (proc, port)
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return port
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                stop_sqs_servers()
+                raise RuntimeError(f"moto_server did not start on port {port} (pip install "
+                                   "'.[sqs]' installs it)") from None
+            time.sleep(0.05)
+
+
+def stop_sqs_servers() -> None:
+    for proc, _ in _sqs_servers.values():
+        proc.terminate()
+    for proc, _ in _sqs_servers.values():
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    _sqs_servers.clear()
+
+
+atexit.register(stop_sqs_servers)
+
+
+def sqs_client(namespace: str):
+    import boto3
+
+    return boto3.client("sqs", endpoint_url=f"http://127.0.0.1:{sqs_server(namespace)}",
+                        **SQS_CREDENTIALS)
+
+
+def _reset_sqs(namespace: str) -> None:
+    """Purge the namespace's queues (kept: connections cache their URLs) and its
+    admission counts in the meter (the results database)."""
+    client = sqs_client(namespace)
+    for url in client.list_queues().get("QueueUrls", []):
+        client.purge_queue(QueueUrl=url)
+    meter = redis.Redis.from_url(results_url())
+    endpoint = f"http://127.0.0.1:{sqs_server(namespace)}/"
+    for key in meter.scan_iter(match=f"*:sqs:admitted:{endpoint}*"):
+        meter.delete(key)
 
 
 def results_url() -> str:
@@ -58,6 +130,9 @@ def reset_namespace(namespace: str) -> None:
     pooled connections dead or publishing into nothing."""
     db, vhost = NAMESPACES[namespace]
     redis.Redis.from_url(f"{REDIS}/{db}").flushdb()
+    if broker_kind() == "sqs":
+        _reset_sqs(namespace)
+        return
     if broker_kind() != "amqp":
         return
     if namespace in _fresh:

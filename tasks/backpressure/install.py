@@ -25,16 +25,19 @@ from tasks.backpressure import worker
 TRANSPORTS = {
     "redis": "tasks.backpressure.transports.redis:Transport",
     "amqp": "tasks.backpressure.transports.amqp:Transport",
+    "sqs": "tasks.backpressure.transports.sqs:Transport",
 }
 
 
 def broker_kind(url: str | None) -> str:
-    """'redis', 'amqp', or the URL's own scheme: the one place that tells brokers apart."""
+    """'redis', 'amqp', 'sqs', or the URL's own scheme: the one place that tells brokers apart."""
     scheme = urlparse(url or "").scheme
     if scheme in ("redis", "rediss"):
         return "redis"
     if scheme in ("amqp", "amqps", "pyamqp"):
         return "amqp"
+    if scheme == "sqs":
+        return "sqs"
     return scheme
 
 
@@ -86,6 +89,9 @@ def check_fits(app, limits: dict[str, Limit], kind: str, meter_url: str | None,
     if waits and kind == "amqp":
         raise NotInstalled(f"wait limits ({_names(waits)}) need the Redis broker; on RabbitMQ "
                            "give a length (the broker enforces it exactly)")
+    if kind == "sqs" and not meter_url:
+        raise NotInstalled("on SQS the guard counts each queue's admissions in Redis (SQS has no "
+                           "length cap): pass meter_url, a Redis")
     if waits and not meter_url:
         raise NotInstalled(f"wait limits ({_names(waits)}) need meter_url, a Redis where "
                            "workers record how fast they drain")

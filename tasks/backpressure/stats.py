@@ -26,7 +26,10 @@ def depth(app, queue: str) -> int | None:
 
 
 def ready(channel, queue: str) -> int:
-    if hasattr(channel, "_size"):  # Redis: an empty queue does not "exist"
+    # Redis: the lists' length (an empty queue does not "exist"). SQS: GetQueueAttributes'
+    # ApproximateNumberOfMessages, visible messages only, as RabbitMQ's message_count; the
+    # SQS guard's own count (in flight included) is in its admission set (transports/sqs.py).
+    if hasattr(channel, "_size"):
         return channel._size(queue)
     return channel.queue_declare(queue, passive=True).message_count
 

@@ -7,6 +7,11 @@ import tempfile
 from tests import support
 
 _tmp = tempfile.mkdtemp(prefix="floodgate-it-")
+if support.broker_kind() == "sqs":  # moto servers start on first use (tests/support.py)
+    os.environ.pop("SQS_ENDPOINT_URL", None)  # the broker URL names the moto server
+    os.environ.update(SQS_REGION="us-east-1", SQS_WAIT_TIME_S="1",
+                      SQS_QUEUE_NAME_PREFIX=f"{support.PREFIX}-", SQS_RECONCILE_INTERVAL_S="1",
+                      SQS_RECONCILE_LAG_S="2")
 support.reset_namespace("main")
 support.reset_results()
 os.environ.update(
@@ -25,6 +30,13 @@ os.environ.pop("TEST_BROKER", None)
 import pytest  # noqa: E402
 from celery import Celery  # noqa: E402
 from fastapi.testclient import TestClient  # noqa: E402
+
+
+@pytest.fixture(scope="session", autouse=True)
+def sqs_servers():
+    """FLOODGATE_TEST_BROKER=sqs: the moto servers the session started, stopped at its end."""
+    yield
+    support.stop_sqs_servers()
 
 
 @pytest.fixture(scope="session")
