@@ -29,12 +29,13 @@ from tasks.backpressure.limits import (
     Limit,
 )
 from tasks.backpressure import submits
+from tasks.backpressure.memo import RefusalMemo
 from tasks.backpressure.meter import Meter
 from tasks.backpressure.transports import LuaScript
 
 ACCEPTED = Counter("floodgate_accepted", "Submissions admitted to a queue", ["queue"])
 REFUSED = Counter("floodgate_refused", "Submissions refused because a queue was full", ["queue"])
-TICKET = LuaScript("ticket.lua")
+TICKET = LuaScript("line.lua", "ticket.lua")
 
 _registry: dict[str, "Guard"] = {}
 _ids = itertools.count(1)
@@ -50,6 +51,7 @@ class Guard:
         self.id = f"guard-{next(_ids)}"
         self._rates: dict[str, tuple[float, float | None]] = {}
         self._held: dict[tuple[str, str], tuple[float, int]] = {}
+        self.memo = RefusalMemo()
         _registry[self.id] = self
 
     @staticmethod
@@ -70,6 +72,7 @@ class Guard:
     def forget_rates(self) -> None:
         self._rates.clear()
         self._held.clear()
+        self.memo.clear()
 
     def length_bound(self, limit: Limit) -> int:
         """The length the queue may reach now: fixed, or wait × measured drain rate."""
@@ -100,17 +103,34 @@ class Guard:
             # by then every slot promised before has come round, so a line left long by
             # an earlier, slower rate falls back instead of holding everyone at the cap.
             wait = float(TICKET(client, [self.meter.keys.ticket(queue)],
-                                (excess, rate, RETRY_AFTER_MAX_S, max(1, bound) / rate)))
+                                (excess, rate, RETRY_AFTER_MAX_S, max(1, bound) / rate,
+                                 self.memo.take_pending(queue))))
         except redis.RedisError:
             wait = excess / rate
         return clamp(wait)
 
     def refuse(self, queue: str, depth: int, bound: int, wait_s: float | None = None) -> QueueFull:
-        """The error for a refusal; ``wait_s``: the ticket, when the broker already drew it."""
+        """The error for a broker's refusal; ``wait_s``: the ticket, when the broker drew it.
+
+        The refusal is remembered for a moment (:mod:`.memo`)."""
+        if wait_s is None:
+            wait_s = self.retry_after_s(queue, depth, bound)
+        self.memo.remember(queue, depth, bound, wait_s, self.drain_rate(queue))
+        return self._refused(queue, depth, bound, wait_s)
+
+    def recent_refusal(self, queue: str) -> QueueFull | None:
+        """A refusal answered in-process while the broker's last refusal of ``queue`` holds."""
+        remembered = self.memo.refusal(queue)
+        return self._refused(queue, *remembered) if remembered else None
+
+    def pending_tickets(self, queue: str) -> int:
+        """For a transport drawing a ticket: slots this process handed out since the last."""
+        return self.memo.take_pending(queue)
+
+    def _refused(self, queue: str, depth: int, bound: int, wait_s: float) -> QueueFull:
         REFUSED.labels(queue).inc()
         submits.record(self.meter, queue, submits.REFUSED)
-        after_s = self.retry_after_s(queue, depth, bound) if wait_s is None else clamp(wait_s)
-        return QueueFull(queue=queue, depth=depth, limit=bound, retry_after_s=after_s)
+        return QueueFull(queue=queue, depth=depth, limit=bound, retry_after_s=clamp(wait_s))
 
     def admitted(self, queue: str) -> None:
         ACCEPTED.labels(queue).inc()

@@ -147,7 +147,8 @@ def _guard_amqp_helper(app) -> None:
         app.amqp_cls = type(f"Guarded{current.__name__}", (GuardedAMQP, current), {})
     if "amqp" in app.__dict__ and not isinstance(app.amqp, GuardedAMQP):
         app.amqp.__class__ = app.amqp_cls
-        app.amqp.__dict__.pop("queues", None)  # re-read task_queues
+        for cached in ("queues", "router"):  # re-read task_queues; route through ours
+            app.amqp.__dict__.pop(cached, None)
 
 
 def _names(queues: list[str]) -> str:

@@ -22,6 +22,7 @@ GUARD_OPTION = "floodgate_guard"
 SCHEMES = {
     "tasks.backpressure.transports.redis:Transport": "redis",
     "tasks.backpressure.transports.amqp:Transport": "amqp",
+    "tasks.backpressure.transports.sqs:Transport": "sqs",
 }
 
 
@@ -38,10 +39,15 @@ def broker_id(connection) -> str:
 
 
 class LuaScript:
-    """A script kept in a ``.lua`` file beside this module, run by its SHA (EVALSHA)."""
+    """A script kept in ``.lua`` files beside this module, run by its SHA (EVALSHA).
 
-    def __init__(self, name: str) -> None:
-        self.text = resources.files(__package__).joinpath(name).read_text()
+    Several names are joined in order: ``LuaScript("line.lua", "admit.lua")`` runs
+    admit.lua with line.lua's function defined first.
+    """
+
+    def __init__(self, *names: str) -> None:
+        folder = resources.files(__package__)
+        self.text = "\n".join(folder.joinpath(name).read_text() for name in names)
         self.sha = hashlib.sha1(self.text.encode()).hexdigest()
 
     def __call__(self, client, keys: list[str], args: tuple):
@@ -51,9 +57,10 @@ class LuaScript:
             return client.eval(self.text, len(keys), *keys, *args)
 
 
-def guard_of(connection):
-    """The guard installed on the app this kombu connection belongs to, or None."""
+def guard_of(holder):
+    """The guard installed on the app a kombu connection (or an app's conf) belongs to."""
     from tasks.backpressure.guard import Guard
 
-    options = getattr(connection, "transport_options", None) or {}
+    options = (getattr(holder, "transport_options", None)
+               or getattr(holder, "broker_transport_options", None) or {})
     return Guard.registered(options.get(GUARD_OPTION))

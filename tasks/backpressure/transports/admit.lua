@@ -1,9 +1,9 @@
 -- Admit one message to a bounded queue, atomically (tasks/backpressure/transports/redis.py).
 -- KEYS: the queue's priority sub-lists, then its ticket key.
 -- ARGV: bound, index of the target list, message, drain rate (0: unknown), longest
--- Retry-After, one turnover of the queue in seconds.
+-- Retry-After, one turnover of the queue in seconds, slots handed out in-process.
 -- Returns {1, depth} when pushed; {0, depth, seconds to the ticket or '-1'} when refused.
--- A refusal draws its ticket here, so it costs one round trip, like an admission.
+-- A refusal draws its ticket here (line.lua), so it costs one round trip, like an admission.
 local lists = #KEYS - 1
 local depth = 0
 for i = 1, lists do depth = depth + redis.call('LLEN', KEYS[i]) end
@@ -14,12 +14,6 @@ if depth < bound then
 end
 local rate = tonumber(ARGV[4])
 if rate <= 0 then return {0, depth, '-1'} end
-local t = redis.call('TIME')
-local now = tonumber(t[1]) + tonumber(t[2]) / 1e6
-local excess = math.max(1, depth - bound + 1)
-local slot = tonumber(redis.call('GET', KEYS[#KEYS]) or '0')
-if slot < now + excess / rate then slot = now + excess / rate end
-local latest = now + math.min(tonumber(ARGV[5]), math.max(tonumber(ARGV[6]), excess / rate))
-if slot > latest then slot = latest end
-redis.call('SET', KEYS[#KEYS], tostring(slot + 1 / rate), 'EX', 3600)
-return {0, depth, tostring(slot - now)}
+local wait = line_ticket(KEYS[#KEYS], math.max(1, depth - bound + 1), rate,
+                         tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7]))
+return {0, depth, tostring(wait)}

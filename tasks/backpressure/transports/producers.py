@@ -10,7 +10,7 @@ from __future__ import annotations
 from kombu import Connection, Producer, pools
 
 from tasks.backpressure.errors import Refused
-from tasks.backpressure.transports import SCHEMES
+from tasks.backpressure.transports import SCHEMES, guard_of
 
 class GuardedConnection(Connection):
     """URLs (worker banner, Flower's broker view) still read redis:// and amqp://."""
@@ -44,3 +44,21 @@ class GuardedAMQP:
         return self._producer_pool
 
     publisher_pool = producer_pool
+
+    def Router(self, *args, **kwargs):
+        """Celery's router, which also answers a remembered refusal (tasks/backpressure/memo.py)
+        as soon as the queue is known: before a message is built or a connection taken."""
+        router = super().Router(*args, **kwargs)
+        route, app = router.route, self.app
+
+        def route_or_refuse(options, name, *rest, **kw):
+            routed = route(options, name, *rest, **kw)
+            queue = routed.get("queue")
+            guard = guard_of(app.conf)
+            full = guard.recent_refusal(getattr(queue, "name", queue)) if guard else None
+            if full is not None:
+                raise full
+            return routed
+
+        router.route = route_or_refuse
+        return router

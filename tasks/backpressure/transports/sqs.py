@@ -44,10 +44,10 @@ from kombu.transport import SQS as kombu_sqs
 
 from tasks.backpressure.errors import BrokerUnavailable
 from tasks.backpressure.limits import RETRY_AFTER_MAX_S
-from tasks.backpressure.transports import SCHEMES, LuaScript, guard_of
+from tasks.backpressure.transports import LuaScript, guard_of
 from tasks.backpressure.transports.redis import SENT_AT_HEADER
 
-ADMIT = LuaScript("sqs_admit.lua")
+ADMIT = LuaScript("line.lua", "sqs_admit.lua")
 RECONCILE = LuaScript("sqs_reconcile.lua")
 #: The header carrying a message's admission id: what a delete counts down.
 ADMIT_HEADER = "fg_admit_id"
@@ -65,7 +65,6 @@ DEFAULT_RECONCILE_LAG_S = 60.0
 #: Between reading SQS's count and comparing it with the set: long enough for a delete
 #: caught mid-way (SQS done, its count-down not yet) to have counted down.
 SETTLE_S = 1.0
-SCHEMES.setdefault("tasks.backpressure.transports.sqs:Transport", "sqs")
 
 log = logging.getLogger("floodgate.backpressure")
 
@@ -102,7 +101,8 @@ class Channel(kombu_sqs.Channel):
         key = admitted_key(guard, queue_url)
         bound = guard.length_bound(limit)
         rate = guard.drain_rate(queue) or 0
-        args = (bound, admit_id, rate, RETRY_AFTER_MAX_S, max(1, bound) / rate if rate else 0)
+        args = (bound, admit_id, rate, RETRY_AFTER_MAX_S, max(1, bound) / rate if rate else 0,
+                guard.pending_tickets(queue))
         try:
             reply = ADMIT(client, [key, guard.meter.keys.ticket(queue)], args)
         except redis.RedisError as exc:

@@ -3,7 +3,7 @@
 -- of the messages sent and not yet deleted, scored by admission time.
 -- KEYS: the queue's admission set, then its ticket key.
 -- ARGV: bound, admission id, drain rate (0: unknown), longest Retry-After, one
--- turnover of the queue in seconds.
+-- turnover of the queue in seconds, slots handed out in-process (line.lua).
 -- Returns {1, count} when admitted (the caller then sends); {0, count, seconds to the
 -- ticket or '-1'} when refused. Check and add are one step: no submitter can slip past.
 local count = redis.call('ZCARD', KEYS[1])
@@ -16,10 +16,6 @@ if count < bound then
 end
 local rate = tonumber(ARGV[3])
 if rate <= 0 then return {0, count, '-1'} end
-local excess = math.max(1, count - bound + 1)
-local slot = tonumber(redis.call('GET', KEYS[2]) or '0')
-if slot < now + excess / rate then slot = now + excess / rate end
-local latest = now + math.min(tonumber(ARGV[4]), math.max(tonumber(ARGV[5]), excess / rate))
-if slot > latest then slot = latest end
-redis.call('SET', KEYS[2], tostring(slot + 1 / rate), 'EX', 3600)
-return {0, count, tostring(slot - now)}
+local wait = line_ticket(KEYS[2], math.max(1, count - bound + 1), rate, tonumber(ARGV[4]),
+                         tonumber(ARGV[5]), tonumber(ARGV[6]))
+return {0, count, tostring(wait)}
