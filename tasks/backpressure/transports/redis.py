@@ -10,7 +10,7 @@ from tasks.backpressure.errors import BrokerUnavailable
 from tasks.backpressure.limits import RETRY_AFTER_MAX_S
 from tasks.backpressure.transports import LuaScript, broker_id, guard_of
 
-ADMIT = LuaScript("admit.lua")
+ADMIT = LuaScript("line.lua", "admit.lua")
 SENT_AT_HEADER = "fg_sent_at"
 
 
@@ -32,7 +32,8 @@ class Channel(kombu_redis.Channel):
         target = self._q_for_pri(queue, self._get_message_priority(message, reverse=False))
         rate = guard.drain_rate(queue) or 0
         args = (room, lists.index(target) + 1, kombu_redis.dumps(message), rate,
-                RETRY_AFTER_MAX_S, max(1, bound) / rate if rate else 0)
+                RETRY_AFTER_MAX_S, max(1, bound) / rate if rate else 0,
+                guard.pending_tickets(queue))
         try:
             reply = ADMIT(self._admit_client(guard), [*lists, guard.meter.keys.ticket(queue)], args)
         except redis.TimeoutError as exc:
