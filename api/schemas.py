@@ -82,3 +82,28 @@ class Window(BaseModel):
 
 class Aggregates(BaseModel):
     windows: list[Window]
+
+
+#: Most posts one ``POST /posts:batch`` takes; more is a 422.
+BATCH_MAX = 500
+
+
+class PostsBatchIn(Strict):
+    posts: list[PostIn] = Field(min_length=1, max_length=BATCH_MAX,
+                                description=f"1 to {BATCH_MAX} posts")
+
+
+class BatchItem(BaseModel):
+    index: int
+    status: str = Field(description="accepted or refused")
+    post_id: int | None = None
+    job_id: str | None = None
+    status_url: str | None = None
+    retry_after_s: int | None = Field(default=None, description="refused: when to send it again")
+    detail: str | None = None
+
+
+class PostsBatchResult(BaseModel):
+    accepted: int
+    refused: int
+    results: list[BatchItem]

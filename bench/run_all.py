@@ -59,18 +59,16 @@ def parse(argv=None) -> argparse.Namespace:
                         "instead of the work tree")
     p.add_argument("--f-pin-loadgen", type=int, default=None,
                    help="(f) only: pin the load generator to this CPU (sched_setaffinity)")
-    p.add_argument("--fanout-sizes", default="1000,10000,100000",
+    p.add_argument("--fanout-sizes", default=None,
                    help="(fanout) only: follower counts (default 1000,10000,100000; "
                         "--quick: 1000,10000)")
-    p.add_argument("--fanout-per-follower", default="1000,10000",
-                   help="(fanout) only: sizes at which one task per follower is timed too")
+    p.add_argument("--fanout-per-follower", default=None,
+                   help="(fanout) only: sizes at which one task per follower is timed too "
+                        "(default 1000,10000; --quick: 1000; '' for none)")
+    p.add_argument("--fanout-chunk", type=int, default=None,
+                   help="(fanout) only: FANOUT_CHUNK_SIZE for the chunked path "
+                        "(default: the settings' default)")
     p.add_argument("--fanout-workers", type=int, default=2, help="(fanout) only: worker processes")
-    p.add_argument("--peers-n", type=int, default=20000,
-                   help="(peers) only: tasks per measure (default 20000; --quick: 1000)")
-    p.add_argument("--peers-rounds", type=int, default=3,
-                   help="(peers) only: alternating rounds, medians reported (--quick: 1)")
-    p.add_argument("--peers-systems", default="",
-                   help="(peers) only: comma-separated systems (default all; bench/exp_peers.py)")
     p.add_argument("--report-only", action="store_true",
                    help="rebuild RESULTS.md (and plots, from bench/out/) without running anything")
     return p.parse_args(argv)
@@ -147,14 +145,15 @@ def run_batch(broker, quick, capacity, args=None):
 
 
 def run_fanout(broker, quick, capacity, args=None):
-    sizes = [int(x) for x in (args.fanout_sizes if args else "1000,10000,100000").split(",")]
-    if quick and args and args.fanout_sizes == "1000,10000,100000":
-        sizes = [1000, 10000]
-    per = [int(x) for x in (args.fanout_per_follower if args else "1000,10000").split(",") if x]
-    if quick and args and args.fanout_per_follower == "1000,10000":
-        per = [1000]
+    given = lambda name: getattr(args, name, None) if args else None  # noqa: E731
+    sizes = [int(x) for x in (given("fanout_sizes") or
+                              ("1000,10000" if quick else "1000,10000,100000")).split(",")]
+    per = given("fanout_per_follower")
+    per = [int(x) for x in (per if per is not None else
+                            ("1000" if quick else "1000,10000")).split(",") if x]
     return _exp("fanout").run(broker, sizes=sizes, per_follower_sizes=per,
-                              workers=args.fanout_workers if args else 2,
+                              chunk_size=given("fanout_chunk"),
+                              workers=given("fanout_workers") or 2,
                               raw_reps=1 if quick else 3)
 
 

@@ -11,6 +11,7 @@ from config.queues import KEY_PREFIX, as_install_limits, parse_queue_limits
 from config.settings import get_settings
 from tasks.backpressure import Guard, install
 from tasks.runtime.prefetch import PerQueuePrefetch, use_floodgate_pool
+from tasks.runtime.results import rerunnable_chords
 
 app = Celery(
     "floodgate",
@@ -32,6 +33,7 @@ def bound_queues(celery_app: Celery) -> Guard:
 
 
 bound_queues(app)
+rerunnable_chords(app)  # a frozen chord applied again runs its body again
 use_floodgate_pool(app, sys.argv)
 app.steps["consumer"].add(PerQueuePrefetch)
 if "flower" in sys.argv[1:]:

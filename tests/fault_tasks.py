@@ -84,3 +84,46 @@ def timed(self, key: str, seconds: float) -> None:
     sent_at = getattr(self.request, "fg_sent_at", None) or (self.request.headers or {}).get("fg_sent_at")
     store().rpush(f"fgtest:waits:{key}", time.time() - float(sent_at))
     time.sleep(seconds)
+
+
+# --- Celery's own semantics (tests/integration/test_celery_semantics.py) ---------------
+
+
+@app.task(bind=True, name="tests.fault_tasks.record")
+def record(self, key: str, value=None):
+    """Append (task id, value) to a list per key: how many times it ran, and as what."""
+    store().rpush(f"fgtest:runs:{key}", f"{self.request.id}:{value}")
+    return value
+
+
+@app.task(bind=True, name="tests.fault_tasks.collect")
+def collect(self, results, key: str):
+    """A chord body: record each run with the header's results."""
+    store().rpush(f"fgtest:runs:{key}", f"{self.request.id}:{sorted(results)}")
+    return sorted(results)
+
+
+@app.task(bind=True, name="tests.fault_tasks.retry_then_succeed", max_retries=5)
+def retry_then_succeed(self, key: str, failures: int, countdown: float = 0.2):
+    """Fail ``failures`` times (self.retry with a countdown), then succeed."""
+    runs = store().rpush(f"fgtest:runs:{key}", f"{self.request.id}:{self.request.retries}")
+    if runs <= failures:
+        raise self.retry(countdown=countdown)
+    return runs
+
+
+# --- Redis batch consumption (tests/integration/test_redis_batch.py) -------------------
+
+
+@app.task(name="tests.fault_tasks.nothing", ignore_result=True)
+def nothing() -> None:
+    """No Redis call of its own: the broker's commands per task are all the worker's."""
+
+
+@app.task(bind=True, name="tests.fault_tasks.retry_into")
+def retry_into(self, key: str, queue: str):
+    """Retry once, into ``queue`` (which a test has filled to its limit)."""
+    store().rpush(f"fgtest:runs:{key}", f"{self.request.id}:{self.request.retries}")
+    if self.request.retries == 0:
+        raise self.retry(countdown=0.1, queue=queue)
+    return "retried"

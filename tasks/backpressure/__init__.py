@@ -9,6 +9,7 @@
 Importing this package changes nothing: no settings, no environment, no kombu
 alias, no current app. :func:`install` changes one app.
 """
+from tasks.backpressure.batch import BatchResult, submit_many
 from tasks.backpressure.client import ServerBusy, call_with_backoff, post_with_backoff
 from tasks.backpressure.errors import (
     BackpressureError,
@@ -25,6 +26,7 @@ from tasks.backpressure.stats import guard_for, queue_stats
 
 __all__ = (
     "BackpressureError",
+    "BatchResult",
     "BrokerUnavailable",
     "EtaTooFar",
     "Guard",
@@ -40,4 +42,5 @@ __all__ = (
     "parse_limits",
     "post_with_backoff",
     "queue_stats",
+    "submit_many",
 )

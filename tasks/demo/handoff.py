@@ -30,6 +30,14 @@ runs (if the broker later loses its message, the outbox sweep re-sends it).
 When the API's own write fails it fences the id at once, so the worker need
 not wait; if the fence finds the row, the commit went through after all (its
 answer was lost) and the client gets its 202.
+
+A batch (``POST /posts:batch``, :func:`publish_then_store_many`) is the same
+handoff for many posts at once: one batch publish admits as many as fit and
+refuses the rest (nothing is written for a refused item), then the admitted
+posts, timeline entries and jobs are stored in one transaction. The fence works
+per job id as above; since the transaction is one, a fence that wins on any of
+its ids rolls the whole batch back (every admitted item then gets a 503-like
+failure and its message is skipped).
 """
 from __future__ import annotations
 
@@ -37,12 +45,16 @@ import time
 import uuid
 
 from celery.utils.log import get_logger
+from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 
 from tasks.demo import jobs
+from tasks.demo import submit as submit_module
 from tasks.demo.db import engine
 from tasks.demo.errors import StoreFailed
 from tasks.demo.submit import submit
+from tasks.demo.models import jobs as jobs_table
+from tasks.demo.models import posts, timeline_entries
 from tasks.demo.timeline import insert_post
 
 FANOUT_TASK = "tasks.fanout.fanout_post"
@@ -67,6 +79,71 @@ def publish_then_store(author_id: int, text: str) -> dict:
     except SQLAlchemyError as exc:
         return _recover(job_id, exc)
     return {"post_id": post["post_id"], "job_id": job_id}
+
+
+def publish_then_store_many(items: list[tuple[int, str]]) -> list[dict]:
+    """Admit the fan-outs of many new posts in one batch publish, then store the admitted.
+
+    ``items``: (author_id, text) pairs. Returns one dict per item, in order: either
+    ``{"post_id", "job_id"}`` or ``{"refused": QueueFull}`` (nothing written for it).
+    Raises BrokerUnavailable (nothing written) or StoreFailed (nothing kept).
+    """
+    from tasks.backpressure.batch import submit_many
+
+    job_ids = [str(uuid.uuid4()) for _ in items]
+    batch = submit_many(submit_module.app, FANOUT_TASK, [(j,) for j in job_ids],
+                        task_ids=job_ids)
+    out: list[dict] = [{} for _ in items]
+    for index, full in batch.refused:
+        out[index] = {"refused": full}
+    admitted = batch.accepted_indexes()
+    if not admitted:
+        return out
+    try:
+        with engine().begin() as conn:
+            stored = _insert_posts(conn, [items[i] for i in admitted])
+            _create_jobs(conn, [(job_ids[i], p["post_id"]) for i, p in zip(admitted, stored)])
+    except SQLAlchemyError as exc:
+        stored = _recover_many([job_ids[i] for i in admitted], exc)
+    for i, post in zip(admitted, stored):
+        out[i] = {"post_id": post["post_id"], "job_id": job_ids[i]}
+    return out
+
+
+def _recover_many(job_ids: list[str], exc: SQLAlchemyError) -> list[dict]:
+    """The batch's one transaction failed: fence its ids, or find it committed after all."""
+    cause = f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}" if str(exc) else type(exc).__name__
+    try:
+        with engine().begin() as conn:
+            fenced = [jobs.fence(conn, j, FANOUT) for j in job_ids]
+            if not any(fenced):  # every row is there: committed, only the answer was lost
+                rows = {r.id: r for r in conn.execute(
+                    select(jobs_table).where(jobs_table.c.id.in_(job_ids)))}
+                if all(rows[j].state != jobs.ABANDONED for j in job_ids):
+                    return [{"post_id": rows[j].post_id} for j in job_ids]
+    except SQLAlchemyError:
+        raise StoreFailed(job_ids[0], cause, fenced=False) from exc
+    raise StoreFailed(job_ids[0], cause, fenced=True) from exc
+
+
+def _insert_posts(conn, items: list[tuple[int, str]]) -> list[dict]:
+    """:func:`insert_post` for many posts: one multi-row insert each for posts and entries."""
+    now = time.time()
+    ids = conn.execute(
+        posts.insert().returning(posts.c.id, sort_by_parameter_order=True),
+        [{"author_id": a, "text": t, "created_at": now} for a, t in items],
+    ).scalars().all()
+    conn.execute(timeline_entries.insert(), [
+        {"user_id": a, "post_id": p, "created_at": now} for (a, _), p in zip(items, ids)])
+    return [{"post_id": p, "author_id": a, "created_at": now} for (a, _), p in zip(items, ids)]
+
+
+def _create_jobs(conn, rows: list[tuple[str, int]]) -> None:
+    """:func:`jobs.create_job` for many jobs, in one statement."""
+    now = time.time()
+    conn.execute(jobs_table.insert(), [
+        {"id": j, "kind": FANOUT, "post_id": p, "state": jobs.QUEUED, "created_at": now,
+         "updated_at": now} for j, p in rows])
 
 
 def _recover(job_id: str, exc: SQLAlchemyError) -> dict:

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import redis
 from celery import Task
+from celery.exceptions import Reject
 
-from tasks.backpressure import BackpressureError, guard_for
+from tasks.backpressure import BackpressureError, Refused, guard_for
 
 COUNTER_TTL_S = 24 * 3600
 DEFAULT_MAX_REDELIVERIES = 3
@@ -31,6 +32,25 @@ class TooManyDeliveries(BackpressureError):
 
 
 class FloodgateTask(Task):
+    def retry(self, *args, **kwargs):
+        """Celery's retry, except that a retry the guard refuses fails the task visibly.
+
+        A retry is a new publish, so it meets its queue's limit like any other. Celery
+        turns any error of that publish into ``Reject(requeue=False)``: the message is
+        dropped, and the task's result stays as it was (PENDING) for ever: lost work
+        nobody is told about. Requeueing it instead would loop on a full queue, and
+        waiting here would block the very worker that drains it. So the task fails
+        with the refusal (``QueueFull`` carrying ``retry_after_s``): its state is
+        FAILURE, its error callbacks and ``on_failure`` run, and the caller decides
+        (tests/integration/test_celery_semantics.py).
+        """
+        try:
+            return super().retry(*args, **kwargs)
+        except Reject as rejected:
+            if isinstance(rejected.reason, Refused):
+                raise rejected.reason from None
+            raise
+
     # before_start, not __call__: Celery's tracer calls run() directly unless __call__
     # is overridden, and the override would cost every task a request push (bench (e)).
     # What before_start raises fails the task like run() raising.
