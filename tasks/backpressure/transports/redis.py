@@ -9,12 +9,13 @@ from kombu.transport import redis as kombu_redis
 from tasks.backpressure.errors import BrokerUnavailable
 from tasks.backpressure.limits import RETRY_AFTER_MAX_S
 from tasks.backpressure.transports import LuaScript, broker_id, guard_of
+from tasks.backpressure.transports.redis_consume import BatchConsume
 
 ADMIT = LuaScript("line.lua", "admit.lua")
 SENT_AT_HEADER = "fg_sent_at"
 
 
-class Channel(kombu_redis.Channel):
+class Channel(BatchConsume, kombu_redis.Channel):
     # Batched publishes would bypass the per-message admission below.
     supports_batch_publish = False
 
