@@ -176,6 +176,14 @@ RUNNERS = {"a": run_a, "b": run_b, "c": run_c, "d": run_d, "e": run_e, "f": run_
            "peers": run_peers}
 
 
+def save(exp: str, broker: str, result: dict) -> None:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / f"{exp}_{broker}.full.json").write_text(json.dumps(result))
+    (RESULTS / f"{exp}_{broker}.json").write_text(json.dumps(strip(result), indent=1))
+    figures.draw(f"{exp}_{broker}", result)
+
+
 def save_item(exp: str, broker: str, result: dict) -> None:
     ITEM_RESULTS.mkdir(parents=True, exist_ok=True)
     OUT.mkdir(parents=True, exist_ok=True)
