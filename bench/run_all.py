@@ -10,7 +10,7 @@ Defaults: experiments a, b, e on both brokers; c and d on Redis (d needs Redis).
 (``--only f``), on the stacks ``make up`` starts and the production-like one by default.
 (batch), (fanout) and (growth) (issue 10 items 3-5) also run only when asked; their
 summaries go to bench/results/items/ and their sections are appended to RESULTS.md
-after the generated report (bench/exp_<name>.py writes each).
+after the generated report (bench/experiments/exp_<name>.py writes each).
 Each experiment's summary goes to bench/results/<exp>_<broker>.json and its plot
 to bench/plots/; the report is rebuilt from every summary present, so running
 one experiment refreshes only its own section.
@@ -24,10 +24,12 @@ import time
 
 import importlib
 
-from bench import exp_f, figures, lock, report
-from bench.env import OUT, RESULTS, ensure_vhost
-from bench.machine import machine_meta
-from bench.notes import NOTES
+from bench.experiments import exp_f
+from bench.reporting import figures, report
+from bench.harness import lock
+from bench.harness.env import OUT, RESULTS, ensure_vhost
+from bench.harness.machine import machine_meta
+from bench.reporting.notes import NOTES
 
 META = RESULTS / "meta.json"
 DEFAULT_BROKERS = {"a": ("redis", "amqp"), "b": ("redis", "amqp"), "c": ("redis",),
@@ -90,7 +92,7 @@ def brokers_for(exp: str, choice: str | None, stacks: str | None = None) -> tupl
 def _exp(name: str):
     """Experiments a-e load the task modules; import them only when they run, so (f),
     which drives whole stacks over HTTP, and --report-only need none of them."""
-    return importlib.import_module(f"bench.exp_{name}")
+    return importlib.import_module(f"bench.experiments.exp_{name}")
 
 
 def run_a(broker, quick, capacity):

@@ -96,3 +96,15 @@ def idle_app():
             queue.bind(conn.default_channel).declare()
     yield app
     app.close()
+
+
+@pytest.fixture
+def app():
+    """Floodgate's configuration on the 'faults' namespace, for tests that start worker
+    subprocesses of their own (tests/integration/workers.py)."""
+    from tests.integration import workers
+
+    support.reset_namespace("faults")
+    app = workers.faults_app()
+    yield app
+    app.close()

@@ -12,14 +12,6 @@ AMQP_ONLY = pytest.mark.skipif(support.broker_kind() != "amqp", reason="a Rabbit
 REDIS_ONLY = pytest.mark.skipif(support.broker_kind() != "redis", reason="a Redis row")
 
 
-@pytest.fixture
-def app():
-    support.reset_namespace("faults")
-    app = workers.faults_app()
-    yield app
-    app.close()
-
-
 def key() -> str:
     return uuid.uuid4().hex
 

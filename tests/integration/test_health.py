@@ -21,14 +21,6 @@ from tests.integration.workers import counter, wait_until
 pytestmark = pytest.mark.timeout(180)
 
 
-@pytest.fixture
-def app():
-    support.reset_namespace("faults")
-    app = workers.faults_app()
-    yield app
-    app.close()
-
-
 def health(*args, env=None, timeout_s=30) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "config.health", *args], cwd=processes.ROOT,
                           env=env or workers.faults_env(), capture_output=True, text=True,

@@ -22,14 +22,6 @@ LIMITS = {"TASK_SOFT_TIME_LIMIT_S": 4, "TASK_TIME_LIMIT_S": 5, "REDIS_VISIBILITY
 PREFETCH = 8
 
 
-@pytest.fixture
-def app():
-    support.reset_namespace("faults")
-    app = workers.faults_app()
-    yield app
-    app.close()
-
-
 def broker() -> redis.Redis:
     return redis.Redis.from_url(support.broker_url("faults"))
 

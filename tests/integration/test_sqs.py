@@ -184,7 +184,7 @@ def small_app(limit: int):
 
 def test_the_limit_holds_while_workers_drain(idle_app):
     """16 submitters against a consumer deleting as fast as it can: SQS never holds more
-    than the limit (moto's counts are exact; bench/exp_sqs.py measures 1, 8 and 32)."""
+    than the limit (moto's counts are exact; bench/experiments/exp_sqs.py measures 1, 8 and 32)."""
     import base64
     import json
 

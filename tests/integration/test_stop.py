@@ -34,14 +34,6 @@ TASK_S = 2.0          # each task sleeps this long
 EXIT_BOUND_S = TASK_S + 10  # SIGTERM -> process gone
 
 
-@pytest.fixture
-def app():
-    support.reset_namespace("faults")
-    app = workers.faults_app()
-    yield app
-    app.close()
-
-
 def ready(queue: str = "default") -> int:
     """Messages waiting in the queue, not held by any worker (stock kombu, no guard)."""
     if support.broker_kind() == "redis":

@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench.env import OUT, ROOT, phase_env
+from bench.harness.env import OUT, ROOT, phase_env
 
 BIN = Path(sys.executable).parent
 
@@ -25,7 +25,7 @@ class Worker:
         if lean:  # skip start-up sync and the gossip consumer (not needed by one-queue benches)
             argv += ["--without-mingle", "--without-gossip"]
         if app == "config":
-            argv += ["-I", "bench.tasks"]
+            argv += ["-I", "bench.harness.tasks"]
         if pool:
             argv += ["-P", pool]
         if concurrency:
@@ -64,10 +64,10 @@ class Worker:
 
 def run_phase(name: str, broker: str, queue_limits: str, params: dict | None = None,
               timeout_s: float = 600) -> dict:
-    """Run ``bench.phase <name>`` in a fresh interpreter (settings are read once per process)."""
+    """Run ``bench.harness.phase <name>`` in a fresh interpreter (settings are read once per process)."""
     out = OUT / f"phase-{name}-{broker}-{os.getpid()}-{time.monotonic_ns()}.json"
     env = phase_env(broker, queue_limits)  # also creates OUT
-    argv = [sys.executable, "-m", "bench.phase", name, json.dumps(params or {}), str(out)]
+    argv = [sys.executable, "-m", "bench.harness.phase", name, json.dumps(params or {}), str(out)]
     with open(OUT / f"phase-{name}-{broker}.log", "ab") as log:
         proc = subprocess.run(argv, cwd=ROOT, env=env, stdout=log,
                               stderr=subprocess.STDOUT, timeout=timeout_s)

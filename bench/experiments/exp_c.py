@@ -1,6 +1,6 @@
 """(c) Honest Retry-After: the same overload, but clients obey Retry-After.
 
-A population of client threads (bench.clients) whose unthrottled demand is
+A population of client threads (bench.harness.clients) whose unthrottled demand is
 3x the measured capacity submits through tasks.backpressure.call_with_backoff.
 Measured: how long the workers sat idle while refused clients were waiting
 to retry, and retries per accepted job.
@@ -11,14 +11,14 @@ import bisect
 import os
 import time
 
-from bench import broker as brokers
-from bench.clients import Population
-from bench.driver import clear_runs, floodgate_app, read_runs, wait_ready
-from bench.exp_b import QUEUE, _worker
-from bench.load import Sampler
-from bench.procs import run_phase
-from bench.producers import Producers
-from bench.stats import merged, percentile, rnd
+from bench.harness import broker as brokers
+from bench.harness.clients import Population
+from bench.harness.driver import clear_runs, floodgate_app, read_runs, wait_ready
+from bench.experiments.exp_b import QUEUE, _worker
+from bench.harness.load import Sampler
+from bench.harness.procs import run_phase
+from bench.harness.producers import Producers
+from bench.harness.stats import merged, percentile, rnd
 from tasks.backpressure import QueueFull
 
 LIMIT = 200

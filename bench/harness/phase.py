@@ -1,6 +1,6 @@
-"""Entry point of one phase in a fresh interpreter: ``python -m bench.phase NAME PARAMS OUT``.
+"""Entry point of one phase in a fresh interpreter: ``python -m bench.harness.phase NAME PARAMS OUT``.
 
-NAME is ``<experiment>.<phase>``, e.g. ``b.overload`` runs ``bench.exp_b.phase_overload``.
+NAME is ``<experiment>.<phase>``, e.g. ``b.overload`` runs ``bench.experiments.exp_b.phase_overload``.
 Settings are read once per process, so each phase gets its own interpreter.
 """
 from __future__ import annotations
@@ -12,7 +12,7 @@ import sys
 
 def phase_function(name: str):
     experiment, phase = name.split(".", 1)
-    return getattr(importlib.import_module(f"bench.exp_{experiment}"), f"phase_{phase}")
+    return getattr(importlib.import_module(f"bench.experiments.exp_{experiment}"), f"phase_{phase}")
 
 
 def main() -> None:

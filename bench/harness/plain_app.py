@@ -2,7 +2,7 @@
 
 Same serializer settings as Floodgate; on RabbitMQ publisher confirms and a
 durable queue, so delivery safety equals Floodgate's. Workers run it with
-``celery -A bench.plain_app worker -Q bench_plain``.
+``celery -A bench.harness.plain_app worker -Q bench_plain``.
 """
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import os
 from celery import Celery
 from kombu import Exchange, Queue
 
-from bench.task_bodies import register
+from bench.harness.task_bodies import register
 
 QUEUE = "bench_plain"
 
@@ -44,8 +44,8 @@ def same_config_minus_guard(broker_url: str) -> Celery:
     return plain
 
 
-if os.environ.get("BROKER_URL"):  # the worker's app (celery -A bench.plain_app)
-    from bench.conf_knobs import apply
+if os.environ.get("BROKER_URL"):  # the worker's app (celery -A bench.harness.plain_app)
+    from bench.harness.conf_knobs import apply
 
     app = make_plain_app(os.environ["BROKER_URL"])
     apply(app)

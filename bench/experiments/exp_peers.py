@@ -2,7 +2,7 @@
 
     python -m bench.run_all --only peers [--broker redis|amqp|both] [--peers-n 20000]
         [--peers-rounds 3] [--peers-systems floodgate,dramatiq]
-    python -m bench.exp_peers --broker redis --n 500 --rounds 1   # smoke run, no report
+    python -m bench.experiments.exp_peers --broker redis --n 500 --rounds 1   # smoke run, no report
 Summaries: bench/results/items/peers_<broker>.json (run_all's ITEMS), section in RESULTS.md.
 
 Systems, each one worker process on the same broker (Redis db 10, the RabbitMQ vhost
@@ -38,8 +38,8 @@ from pathlib import Path
 
 import redis
 
-from bench import env as _env_mod  # light: RQ's work horse imports this module per job
-from bench.env import OUT, RESULTS, ROOT, phase_env
+from bench.harness import env as _env_mod  # light: RQ's work horse imports this module per job
+from bench.harness.env import OUT, RESULTS, ROOT, phase_env
 
 # Smoke runs while another bench run holds db 10's lock: PEERS_REDIS_URL (a Redis db of
 # your own) and PEERS_VHOST (a vhost of your own) move every part of this experiment
@@ -66,21 +66,21 @@ def _counter() -> redis.Redis:
 
 
 def incr() -> None:
-    """The task: one INCR (RQ imports it by name: bench.exp_peers.incr)."""
+    """The task: one INCR (RQ imports it by name: bench.experiments.exp_peers.incr)."""
     _counter().incr(COUNTER)
 
 
 # --- what each worker process imports (PEERS_ROLE) ------------------------------------
-if ROLE == "floodgate":  # celery -A config worker -I bench.exp_peers
+if ROLE == "floodgate":  # celery -A config worker -I bench.experiments.exp_peers
     from config import app as _fg_app
 
     _fg_app.task(name="peers.incr", ignore_result=True)(incr)
-elif ROLE == "celery":  # celery -A bench.exp_peers worker
-    from bench.plain_app import make_plain_app
+elif ROLE == "celery":  # celery -A bench.experiments.exp_peers worker
+    from bench.harness.plain_app import make_plain_app
 
     app = make_plain_app(os.environ["BROKER_URL"], "peers")
     app.task(name="peers.incr", ignore_result=True)(incr)
-elif ROLE == "dramatiq":  # dramatiq bench.exp_peers
+elif ROLE == "dramatiq":  # dramatiq bench.experiments.exp_peers
     import dramatiq
 
     def _dramatiq_broker():
@@ -102,17 +102,17 @@ elif ROLE == "dramatiq":  # dramatiq bench.exp_peers
 #: name -> (role, worker argv after the program, brokers, extra env)
 SYSTEMS = {
     "floodgate": ("floodgate", ["celery", "-A", "config", "worker", "-Q", "fanout",
-                                "-I", "bench.exp_peers"], ("redis", "amqp"), {}),
-    "celery solo p64": ("celery", ["celery", "-A", "bench.exp_peers", "worker", "-Q",
+                                "-I", "bench.experiments.exp_peers"], ("redis", "amqp"), {}),
+    "celery solo p64": ("celery", ["celery", "-A", "bench.experiments.exp_peers", "worker", "-Q",
                                    "bench_plain", "-P", "solo", "--prefetch-multiplier", "64"],
                         ("redis", "amqp"), {}),
-    "celery prefork": ("celery", ["celery", "-A", "bench.exp_peers", "worker", "-Q",
+    "celery prefork": ("celery", ["celery", "-A", "bench.experiments.exp_peers", "worker", "-Q",
                                   "bench_plain"], ("redis", "amqp"), {}),
-    "dramatiq": ("dramatiq", ["dramatiq", "bench.exp_peers", "--processes", "1", "--queues",
+    "dramatiq": ("dramatiq", ["dramatiq", "bench.experiments.exp_peers", "--processes", "1", "--queues",
                               QUEUE], ("redis",), {}),
-    "dramatiq confirms": ("dramatiq", ["dramatiq", "bench.exp_peers", "--processes", "1",
+    "dramatiq confirms": ("dramatiq", ["dramatiq", "bench.experiments.exp_peers", "--processes", "1",
                                        "--queues", QUEUE], ("amqp",), {"PEERS_CONFIRM": "1"}),
-    "dramatiq no confirms": ("dramatiq", ["dramatiq", "bench.exp_peers", "--processes", "1",
+    "dramatiq no confirms": ("dramatiq", ["dramatiq", "bench.experiments.exp_peers", "--processes", "1",
                                           "--queues", QUEUE], ("amqp",), {"PEERS_CONFIRM": "0"}),
     "rq": ("rq", ["rq", "worker", "--url", REDIS_URL, QUEUE], ("redis",), {}),
 }
@@ -141,7 +141,7 @@ def _submitter(system: str):
                                     producer=producer)
         return send, lambda: producer.connection.release()
     if role == "celery":
-        from bench.plain_app import make_plain_app
+        from bench.harness.plain_app import make_plain_app
 
         plain = make_plain_app(os.environ["BROKER_URL"], "peers-driver")
         producer = plain.amqp.Producer(plain.connection_for_write(), auto_declare=True)
@@ -230,7 +230,7 @@ def _children(pid: int) -> list[int]:
 
 # --- one round of one system, in a fresh interpreter (settings are read once) ------------
 def _brokers():
-    from bench import broker as brokers  # imports config.queues: not at module level
+    from bench.harness import broker as brokers  # imports config.queues: not at module level
 
     brokers.REDIS_URL, brokers.VHOST = _env_mod.REDIS_URL, _env_mod.VHOST
     return brokers
@@ -326,7 +326,7 @@ def _round_in_subprocess(broker: str, system: str, n: int, timeout_s: float) -> 
     out = OUT / f"peers-round-{os.getpid()}-{time.monotonic_ns()}.json"
     env = _env(broker, system)
     env["PEERS_ROLE"] = SYSTEMS[system][0]  # the driver needs the role's submit side
-    code = ("import json, sys; from bench import exp_peers as p; "
+    code = ("import json, sys; from bench.experiments import exp_peers as p; "
             "json.dump(p.one_round(*json.loads(sys.argv[1])), open(sys.argv[2], 'w'))")
     args = json.dumps([broker, system, n, timeout_s])
     with open(OUT / f"peers-driver-{broker}.log", "ab") as log:
@@ -344,7 +344,7 @@ MEASURES = ("enqueue_rate", "drain_rate", "drain_with_start_rate", "e2e_rate")
 
 def run(broker: str, n: int = N, rounds: int = ROUNDS, systems: list[str] | None = None,
         timeout_s: float = 300, api_posts: int = API_POSTS) -> dict:
-    from bench.stats import median, rnd
+    from bench.harness.stats import median, rnd
 
     names = systems_for(broker, systems)
     per: dict[str, list[dict]] = {s: [] for s in names}
@@ -397,7 +397,7 @@ def section(r: dict) -> str:
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(prog="python -m bench.exp_peers")
+    p = argparse.ArgumentParser(prog="python -m bench.experiments.exp_peers")
     p.add_argument("--broker", choices=("redis", "amqp"), default="redis")
     p.add_argument("--n", type=int, default=N)
     p.add_argument("--rounds", type=int, default=ROUNDS)

@@ -12,17 +12,17 @@ from __future__ import annotations
 import os
 import time
 
-from bench import broker as brokers
-from bench.driver import floodgate_app
-from bench.procs import run_phase
-from bench.stats import median, rnd
+from bench.harness import broker as brokers
+from bench.harness.driver import floodgate_app
+from bench.harness.procs import run_phase
+from bench.harness.stats import median, rnd
 
 VARIANTS = ("guarded", "plain", "plain_config")
 TARGET = 0.95
 
 
 def _apps() -> dict:
-    from bench.plain_app import QUEUE, make_plain_app, same_config_minus_guard
+    from bench.harness.plain_app import QUEUE, make_plain_app, same_config_minus_guard
 
     url = os.environ["BROKER_URL"]
     return {"guarded": (floodgate_app(), "fanout"),
@@ -55,7 +55,7 @@ def _refusals(app, send, n: int) -> float:
 
 def refusal_cost(app, broker: str, n: int, reps: int) -> dict:
     """A refusal via send_task's pooled producer vs via a producer the caller holds."""
-    from bench.producers import Producers
+    from bench.harness.producers import Producers
 
     held = Producers(app, size=1)
     brokers.purge(broker, "aggregation")

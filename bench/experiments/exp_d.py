@@ -13,13 +13,13 @@ import signal
 import threading
 import time
 
-from bench import broker as brokers
-from bench.driver import clear_runs, floodgate_app, read_runs, wait_ready
-from bench.exp_b import QUEUE, _worker
-from bench.load import OpenLoop, Sampler
-from bench.procs import run_phase
-from bench.producers import Producers
-from bench.stats import percentile, rnd
+from bench.harness import broker as brokers
+from bench.harness.driver import clear_runs, floodgate_app, read_runs, wait_ready
+from bench.experiments.exp_b import QUEUE, _worker
+from bench.harness.load import OpenLoop, Sampler
+from bench.harness.procs import run_phase
+from bench.harness.producers import Producers
+from bench.harness.stats import percentile, rnd
 
 WAIT_S = 2.0
 TARGET_P99_S = 2.2

@@ -42,7 +42,7 @@ def _git(*args: str) -> str:
 
 def _fingerprint() -> str:
     """A hash of the core files' contents (config/, tasks/), committed or not."""
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     digest = hashlib.sha1()
     for path in sorted([*root.glob("config/**/*.py"), *root.glob("tasks/**/*.py")]):
         digest.update(str(path.relative_to(root)).encode() + path.read_bytes())

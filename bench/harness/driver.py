@@ -5,13 +5,13 @@ import time
 import uuid
 from dataclasses import dataclass
 
-from bench.broker import redis_client
-from bench.task_bodies import EDGES_KEY, PROBE_KEY, RUNS_KEY
+from bench.harness.broker import redis_client
+from bench.harness.task_bodies import EDGES_KEY, PROBE_KEY, RUNS_KEY
 
 
 def floodgate_app():
     """Floodgate's app (its guarded transport stamps fg_sent_at) with the bench tasks."""
-    from bench.tasks import app
+    from bench.harness.tasks import app
 
     return app
 

@@ -13,11 +13,11 @@ from __future__ import annotations
 import os
 import time
 
-from bench import broker as brokers
-from bench.driver import clear_runs, read_edges
-from bench.procs import Worker, run_phase
-from bench.producers import Producers
-from bench.stats import median, rnd
+from bench.harness import broker as brokers
+from bench.harness.driver import clear_runs, read_edges
+from bench.harness.procs import Worker, run_phase
+from bench.harness.producers import Producers
+from bench.harness.stats import median, rnd
 
 N = 10_000
 EDGE = 300
@@ -26,15 +26,15 @@ TARGET = 0.9
 #: name -> worker options: -A module, -P, -c, --prefetch-multiplier, extra flags and
 #: BENCH_CONF setting overrides. None = the worker's default.
 PLAIN = {
-    "plain prefork c2 p64": {"app": "bench.plain_app", "pool": "prefork", "c": 2, "p": 64},
-    "plain solo p64": {"app": "bench.plain_app", "pool": "solo", "c": None, "p": 64},
-    "plain threads c2 p64": {"app": "bench.plain_app", "pool": "threads", "c": 2, "p": 64},
+    "plain prefork c2 p64": {"app": "bench.harness.plain_app", "pool": "prefork", "c": 2, "p": 64},
+    "plain solo p64": {"app": "bench.harness.plain_app", "pool": "solo", "c": None, "p": 64},
+    "plain threads c2 p64": {"app": "bench.harness.plain_app", "pool": "threads", "c": 2, "p": 64},
 }
 DEFAULT = {"floodgate defaults": {"app": "config", "pool": None, "c": None, "p": None}}
 #: Celery's default pool under Floodgate's configuration (Floodgate's default until 2026-11-27).
 PROPOSED = {"floodgate -P prefork": {"app": "config", "pool": "prefork", "c": None, "p": None}}
 DIAGNOSTIC = {
-    "plain solo p64 with acks_late": {"app": "bench.plain_app", "pool": "solo", "c": None,
+    "plain solo p64 with acks_late": {"app": "bench.harness.plain_app", "pool": "solo", "c": None,
                                       "p": 64, "conf": "task_acks_late=True"},
     "floodgate defaults --prefetch-multiplier 64": {"app": "config", "pool": None, "c": None,
                                                     "p": 64},
@@ -48,10 +48,10 @@ def _prefill_app(spec: dict):
     """A fast publisher for the worker's queue: no guard, no sent events, no confirms."""
     from celery import Celery
 
-    from bench.plain_app import QUEUE, make_plain_app, plain_transport
-    from bench.task_bodies import register
+    from bench.harness.plain_app import QUEUE, make_plain_app, plain_transport
+    from bench.harness.task_bodies import register
 
-    if spec["app"] == "bench.plain_app":
+    if spec["app"] == "bench.harness.plain_app":
         app = make_plain_app(os.environ["BROKER_URL"], "prefill")
         app.conf.broker_transport_options = {}
         return app, QUEUE

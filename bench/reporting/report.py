@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import json
 
-from bench.env import BENCH, RESULTS
-from bench.stats import rnd
+from bench.harness.env import BENCH, RESULTS
+from bench.harness.stats import rnd
 
 RERUN = ".venv/bin/python -m bench.run_all --only {exp} --broker {broker}"
 OK = {True: "**pass**", False: "**FAIL**", None: "n/a"}

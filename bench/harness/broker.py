@@ -7,7 +7,7 @@ from __future__ import annotations
 import amqp
 import redis
 
-from bench.env import REDIS_URL, VHOST
+from bench.harness.env import REDIS_URL, VHOST
 from config.queues import NAMES
 
 #: kombu's Redis priority sub-lists: queue, queue\x06\x163, \x06\x166, \x06\x169.

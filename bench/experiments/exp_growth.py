@@ -7,7 +7,7 @@ Queue ``fanout`` of Floodgate's app with limit ``L``; no-op jobs (``bench.noop``
   latency is binned by the depth it was submitted at (ten bins from 0 to L), then 50
   refusals at the limit.
 * **Drain rate vs depth, 1 to 4 workers**: the queue is filled to L (batch
-  submission) while ``w`` workers (``celery -A config worker -Q fanout -I bench.tasks``,
+  submission) while ``w`` workers (``celery -A config worker -Q fanout -I bench.harness.tasks``,
   Floodgate's pool, one task at a time each), started and answering pings before, are
   stopped (SIGSTOP); they resume (SIGCONT) and the depth is read at 50 Hz until the
   queue is empty while a probe thread submits one job every 50 ms (its
@@ -24,10 +24,10 @@ import signal
 import threading
 import time
 
-from bench import broker as brokers
-from bench.driver import floodgate_app
-from bench.env import PLOTS, phase_env
-from bench.procs import Worker, run_phase
+from bench.harness import broker as brokers
+from bench.harness.driver import floodgate_app
+from bench.harness.env import PLOTS, phase_env
+from bench.harness.procs import Worker, run_phase
 
 TASK = "bench.noop"
 BINS = 10

@@ -7,7 +7,7 @@ import os
 import socket
 import time
 
-from bench.broker import redis_client
+from bench.harness.broker import redis_client
 
 KEY = "bench:lock"
 TTL_S = 1800

@@ -9,7 +9,7 @@ METHOD = """## How the experiments run
   publisher confirms on RabbitMQ, so delivery safety equals Floodgate's. In (a) a third app,
   `plain_config`, is Floodgate's whole configuration minus the guard (default transport, no
   `x-max-length`), which separates the guard's own cost from the rest of the configuration.
-* **Each phase runs in a fresh interpreter** (`python -m bench.phase`), because settings are
+* **Each phase runs in a fresh interpreter** (`python -m bench.harness.phase`), because settings are
   read once per process; workers are `celery worker` subprocesses in their own process
   group, stopped by PID (SIGTERM, then SIGKILL after 20 s).
 * **Bench tasks** (`bench/task_bodies.py`): `bench.sleep` (sleeps 20 ms and records

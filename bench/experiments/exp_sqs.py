@@ -4,8 +4,8 @@ latency from submission to done on a local SQS server (moto) next to Redis.
 Needs a Redis (the admission count, the meter, results) and ``pip install -e '.[sqs]'``;
 starts its own moto servers on free loopback ports and stops them.
 
-    FLOODGATE_TEST_REDIS=redis://127.0.0.1:6393 python -m bench.exp_sqs
-    python -m bench.exp_sqs --only overshoot --duration 4 --limit 50
+    FLOODGATE_TEST_REDIS=redis://127.0.0.1:6393 python -m bench.experiments.exp_sqs
+    python -m bench.experiments.exp_sqs --only overshoot --duration 4 --limit 50
 
 Overshoot: per submitter count, (a) no consumer: submitters send 3x the limit at once,
 and SQS's count (visible + in flight + delayed, exact on moto) is compared with the
@@ -29,7 +29,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 FANOUT = "tasks.fanout.fanout_post"
 
 
@@ -226,7 +226,7 @@ def main() -> None:
     if args.only in (None, "latency"):
         results["latency"] = {}
         for broker in ("redis", "sqs"):
-            out = subprocess.run([sys.executable, "-m", "bench.exp_sqs", "--latency-broker",
+            out = subprocess.run([sys.executable, "-m", "bench.experiments.exp_sqs", "--latency-broker",
                                   broker, "--jobs", str(args.jobs)], cwd=ROOT, check=True,
                                  capture_output=True, text=True,
                                  env={**os.environ, "FLOODGATE_TEST_BROKER": "sqs"})

@@ -31,8 +31,8 @@ import uuid
 
 import psycopg
 
-from bench.env import OUT, ROOT, phase_env
-from bench.procs import Worker
+from bench.harness.env import OUT, ROOT, phase_env
+from bench.harness.procs import Worker
 
 DB = "floodgate_bench_fanout"
 ADMIN = "postgresql://postgres@127.0.0.1:5432/test"
@@ -151,7 +151,7 @@ def phase_deliver(params: dict) -> dict:
 def _phase(params: dict, chunk: int, timeout_s: float) -> dict:
     env = _env(chunk)
     out = OUT / f"phase-fanout-{os.getpid()}-{time.monotonic_ns()}.json"
-    argv = [sys.executable, "-m", "bench.phase", "fanout.deliver", json.dumps(params), str(out)]
+    argv = [sys.executable, "-m", "bench.harness.phase", "fanout.deliver", json.dumps(params), str(out)]
     with open(OUT / "phase-fanout.log", "ab") as log:
         proc = subprocess.run(argv, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
                               timeout=timeout_s)
@@ -169,7 +169,7 @@ def _env(chunk: int) -> dict:
 
 
 def _purge() -> None:
-    from bench.broker import purge
+    from bench.harness.broker import purge
 
     purge("redis", "fanout")
 

@@ -20,10 +20,10 @@ from __future__ import annotations
 import threading
 import time
 
-from bench import broker as brokers
-from bench.driver import floodgate_app
-from bench.procs import run_phase
-from bench.stats import median, rnd
+from bench.harness import broker as brokers
+from bench.harness.driver import floodgate_app
+from bench.harness.procs import run_phase
+from bench.harness.stats import median, rnd
 
 TARGET = 5.0
 TASK = "bench.noop"

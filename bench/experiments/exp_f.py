@@ -12,7 +12,7 @@ while sampling the queue depth at 10 Hz; poll GET /jobs for every accepted job
 until final; then item 4: one API process's refusals per second and CPU per refusal
 with the fanout worker stopped (SIGSTOP) and the queue full.
 
-    python -m bench.exp_f --stack make-up --duration 10      # alone, without report
+    python -m bench.experiments.exp_f --stack make-up --duration 10      # alone, without report
 """
 from __future__ import annotations
 
@@ -31,9 +31,9 @@ import threading
 import time
 from pathlib import Path
 
-from bench.env import OUT, ROOT
-from bench.http_load import fetch_many, get, post
-from bench.stats import percentile, rnd
+from bench.harness.env import OUT, ROOT
+from bench.harness.http_load import fetch_many, get, post
+from bench.harness.stats import percentile, rnd
 
 PY = str(ROOT / ".venv" / "bin" / "python") if (ROOT / ".venv").exists() else sys.executable
 QUEUE = "fanout"
@@ -396,7 +396,7 @@ def run_loadgen(spec: dict, port: int, timeout_s: float) -> dict:
     stamp = f"{os.getpid()}-{time.monotonic_ns()}"
     spec_path, out_path = OUT / f"f-spec-{stamp}.json", OUT / f"f-load-{stamp}.json"
     spec_path.write_text(json.dumps({"host": "127.0.0.1", "port": port, **spec}))
-    proc = subprocess.run([PY, "-m", "bench.http_load", str(spec_path), str(out_path)],
+    proc = subprocess.run([PY, "-m", "bench.harness.http_load", str(spec_path), str(out_path)],
                           cwd=ROOT, timeout=timeout_s, capture_output=True, text=True)
     spec_path.unlink(missing_ok=True)
     if proc.returncode != 0:
@@ -771,7 +771,7 @@ def _log_errors(path: Path) -> dict:
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(prog="python -m bench.exp_f", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m bench.experiments.exp_f", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--stack", default=",".join(DEFAULT_STACKS))
     p.add_argument("--limit", type=int, default=60)

@@ -11,12 +11,12 @@ from __future__ import annotations
 import os
 import time
 
-from bench import broker as brokers
-from bench.driver import clear_runs, floodgate_app, prefill, read_runs, wait_ready
-from bench.load import OpenLoop, Sampler
-from bench.procs import Worker, run_phase
-from bench.producers import Producers
-from bench.stats import percentile, rnd
+from bench.harness import broker as brokers
+from bench.harness.driver import clear_runs, floodgate_app, prefill, read_runs, wait_ready
+from bench.harness.load import OpenLoop, Sampler
+from bench.harness.procs import Worker, run_phase
+from bench.harness.producers import Producers
+from bench.harness.stats import percentile, rnd
 
 QUEUE = "fanout"
 LIMIT = 200

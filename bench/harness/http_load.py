@@ -3,7 +3,7 @@ bytes, persistent keep-alive connections; no HTTP library in the hot loop.
 
 Run in a process of its own so its CPU is measured apart from what it loads:
 
-    python -m bench.http_load SPEC.json OUT.json
+    python -m bench.harness.http_load SPEC.json OUT.json
 
 SPEC: {"host", "port", "mode": "open"|"closed"|"burst", "requests": [raw request str],
 "rate", "duration_s", "conns", "max_conns", "n", "pin_cpu"}.

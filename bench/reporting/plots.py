@@ -6,7 +6,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from bench.env import PLOTS  # noqa: E402
+from bench.harness.env import PLOTS  # noqa: E402
 
 DPI = 80
 

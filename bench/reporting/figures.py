@@ -4,8 +4,8 @@ from __future__ import annotations
 import json
 import re
 
-from bench import plots
-from bench.env import OUT, RESULTS
+from bench.reporting import plots
+from bench.harness.env import OUT, RESULTS
 
 LIMIT = 200  # experiment (b)'s queue limit
 

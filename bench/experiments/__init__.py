@@ -1,0 +1,1 @@
+"""The benchmarks, one module each: (a)-(f), batch, fanout, growth, peers, sqs."""

@@ -1,0 +1,1 @@
+"""What every benchmark stands on: brokers, processes, load generators, apps and statistics."""

@@ -1,0 +1,1 @@
+"""bench/RESULTS.md and its plots, from the results the experiments saved."""
