@@ -158,7 +158,11 @@ def _route(app, task_name: str, queue: str | None, options: dict) -> dict:
         merged["queue"] = queue
     for key in ("time_limit", "soft_time_limit", "expires", "ignore_result"):
         merged.pop(key, None)
-    return app.amqp.router.route(merged, task_name, (), {}, task)
+    # Not the router's remembered refusal (memo.py): a batch asks the broker, which
+    # admits exactly what fits and refuses the rest item by item.
+    router = app.amqp.router
+    route = getattr(router, "route_unguarded", router.route)
+    return route(merged, task_name, (), {}, task)
 
 
 def _prepare(app, channel, task_name, args_list, kwargs_list, ids, route, options):

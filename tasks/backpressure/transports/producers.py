@@ -60,5 +60,5 @@ class GuardedAMQP:
                 raise full
             return routed
 
-        router.route = route_or_refuse
+        router.route, router.route_unguarded = route_or_refuse, route
         return router
