@@ -94,8 +94,9 @@ def test_row7_jobs_that_finish_while_the_broker_is_down_still_take_effect_once(
     try:
         broker.stop()
         lock.release()     # the jobs finish while the broker is down
-        wait_for(lambda: all(task_state(j) in ("SUCCESS", "FAILURE") for j in accepted), 30,
-                 "the jobs did not finish", on_timeout=lambda: {j: task_state(j) for j in accepted})
+        states = system.job_states
+        wait_for(lambda: all(states().get(j) in ("succeeded", "failed") for j in accepted), 30,
+                 "the jobs did not finish", on_timeout=lambda: {j: states().get(j) for j in accepted})
     finally:
         lock.release()
         broker.start()
