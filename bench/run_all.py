@@ -71,6 +71,10 @@ def parse(argv=None) -> argparse.Namespace:
                    help="(fanout) only: FANOUT_CHUNK_SIZE for the chunked path "
                         "(default: the settings' default)")
     p.add_argument("--fanout-workers", type=int, default=2, help="(fanout) only: worker processes")
+    p.add_argument("--peers-n", type=int, default=20000, help="(peers) only: tasks per measure")
+    p.add_argument("--peers-rounds", type=int, default=3, help="(peers) only: alternating rounds")
+    p.add_argument("--peers-systems", default="",
+                   help="(peers) only: comma-separated systems (default: all)")
     p.add_argument("--report-only", action="store_true",
                    help="rebuild RESULTS.md (and plots, from bench/out/) without running anything")
     return p.parse_args(argv)

@@ -48,11 +48,10 @@ class RefusalMemo:
 
     def refusal(self, queue: str) -> tuple[int, int, float] | None:
         """(depth, bound, seconds to this caller's ticket) while ``queue`` is remembered full."""
-        now = time.monotonic()
+        full, now = self._full.get(queue), time.monotonic()
+        if full is None or now >= full.until:  # the usual case: no lock taken
+            return None
         with self._lock:
-            full = self._full.get(queue)
-            if full is None or now >= full.until:
-                return None
             slot = max(full.next_slot, now + full.interval_s)
             full.next_slot, full.pending = slot + full.interval_s, full.pending + 1
             return full.depth, full.bound, slot - now

@@ -154,3 +154,20 @@ def _root() -> str:
     from pathlib import Path
 
     return str(Path(__file__).resolve().parents[2])
+
+
+def test_a_broker_refusal_is_remembered_for_one_drain_interval_with_tickets_down_the_line():
+    import time
+
+    from tasks.backpressure.memo import MEMO_MAX_S, RefusalMemo
+
+    memo = RefusalMemo()
+    memo.remember("q", 100, 100, wait_s=2.0, rate=None)
+    assert memo.refusal("q") is None  # no measured rate: nothing is remembered
+    memo.remember("q", 100, 100, wait_s=2.0, rate=50)  # one slot every 20 ms
+    first, second = memo.refusal("q"), memo.refusal("q")
+    assert first[:2] == (100, 100) and 2.0 < first[2] <= 2.03
+    assert second[2] - first[2] == pytest.approx(0.02, abs=0.005)
+    assert memo.take_pending("q") == 2 and memo.take_pending("q") == 0
+    time.sleep(min(1 / 50, MEMO_MAX_S) + 0.005)
+    assert memo.refusal("q") is None  # the interval is over: ask the broker again

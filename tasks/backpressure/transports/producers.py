@@ -49,13 +49,14 @@ class GuardedAMQP:
         """Celery's router, which also answers a remembered refusal (tasks/backpressure/memo.py)
         as soon as the queue is known: before a message is built or a connection taken."""
         router = super().Router(*args, **kwargs)
-        route, app = router.route, self.app
+        route, guard = router.route, guard_of(self.app.conf)  # install() named it already
+        if guard is None:
+            return router
 
         def route_or_refuse(options, name, *rest, **kw):
             routed = route(options, name, *rest, **kw)
             queue = routed.get("queue")
-            guard = guard_of(app.conf)
-            full = guard.recent_refusal(getattr(queue, "name", queue)) if guard else None
+            full = guard.recent_refusal(getattr(queue, "name", queue))
             if full is not None:
                 raise full
             return routed
