@@ -23,7 +23,7 @@ import pytest
 
 from tests import processes, support
 
-pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180), pytest.mark.skipif(support.broker_kind() != "redis", reason="broker-independent: runs in the Redis pass only")]
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 FLOWER_AUTH = ("admin", "browser-flower-pass")

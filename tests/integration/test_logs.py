@@ -10,7 +10,7 @@ import pytest
 from tests import processes, support
 from tests.integration.helpers import wait_for
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.skipif(support.broker_kind() != "redis", reason="broker-independent: runs in the Redis pass only")]
 
 
 def json_lines(text: str) -> list[dict]:
