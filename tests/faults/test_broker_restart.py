@@ -14,7 +14,6 @@ import sqlite3
 import time
 
 import psycopg
-import pytest
 
 from tests.faults.harness import make_author, wait_for
 

@@ -116,16 +116,7 @@ def test_a_redelivered_message_under_a_reused_id_is_still_bounded(app, tmp_path)
     finally:
         worker.stop()
     result = sig(app, "kill_whole_worker", poison).apply_async(task_id=task_id)
-    for n in range(1, 4):  # this test is the supervisor that restarts the worker
-        worker = workers.start(tmp_path, name=f"w{n}", **limits)
-        try:
-            wait_until(lambda: worker.proc.poll() is not None or result.state == "FAILURE", 30,
-                       "neither died nor failed")
-        finally:
-            worker.stop()
-        if result.state == "FAILURE":
-            break
-        restore_unacked_now()
+    workers.supervise_until_failed(tmp_path, result, between=restore_unacked_now, **limits)
     assert result.state == "FAILURE" and "TooManyDeliveries" in repr(result.result)
     assert counter("attempts", poison) == 2  # the first delivery and one redelivery
 

@@ -71,15 +71,7 @@ def test_row3_a_message_that_kills_the_whole_worker_every_time_is_failed_after_a
         app, tmp_path):
     poison = key()
     result = app.send_task("tests.fault_tasks.kill_whole_worker", args=(poison,))
-    for n in range(1, 4):  # this test is the supervisor that restarts the worker
-        worker = workers.start(tmp_path, name=f"w{n}", MAX_REDELIVERIES=1)
-        try:
-            wait_until(lambda: worker.proc.poll() is not None or result.state == "FAILURE", 30,
-                       "neither died nor failed")
-        finally:
-            worker.stop()
-        if result.state == "FAILURE":
-            break
+    workers.supervise_until_failed(tmp_path, result, MAX_REDELIVERIES=1)
     assert result.state == "FAILURE" and "TooManyDeliveries" in repr(result.result)
     assert counter("attempts", poison) == 2  # the first delivery and one redelivery
 

@@ -16,7 +16,6 @@ import subprocess
 import tempfile
 import time
 import uuid
-from pathlib import Path
 
 import httpx
 import pytest

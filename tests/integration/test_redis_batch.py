@@ -61,19 +61,10 @@ def test_b_a_message_that_kills_the_whole_worker_every_time_is_failed_after_a_bo
     result = app.send_task("tests.fault_tasks.kill_whole_worker", args=(poison,))
     for k in healthy:  # fetched in the poison's batch, redelivered with it each time
         app.send_task("tests.fault_tasks.slow_effect", args=(k, 0), queue="default")
-    for n in range(1, 4):  # this test is the supervisor that restarts the worker
-        worker = workers.start(tmp_path, name=f"w{n}", prefetch=PREFETCH, MAX_REDELIVERIES=1,
-                               **LIMITS)
-        try:
-            wait_until(lambda: worker.proc.poll() is not None or result.state == "FAILURE", 45,
-                       "neither died nor failed")
-            if result.state == "FAILURE":
-                wait_until(lambda: all(counter("effects", k) == 1 for k in healthy), 20,
-                           "the healthy messages of the poison's batch never ran")
-        finally:
-            worker.stop()
-        if result.state == "FAILURE":
-            break
+    workers.supervise_until_failed(
+        tmp_path, result, timeout_s=45, prefetch=PREFETCH, MAX_REDELIVERIES=1, **LIMITS,
+        on_failure=lambda: wait_until(lambda: all(counter("effects", k) == 1 for k in healthy),
+                                      20, "the healthy messages of the poison's batch never ran"))
     assert result.state == "FAILURE" and "TooManyDeliveries" in repr(result.result)
     assert counter("attempts", poison) == 2  # the first delivery and one redelivery
     assert [counter("effects", k) for k in healthy] == [1, 1, 1]

@@ -50,3 +50,23 @@ def store() -> redis.Redis:
 
 def counter(kind: str, key: str) -> int:
     return int(store().get(f"fgtest:{kind}:{key}") or 0)
+
+
+def supervise_until_failed(log_dir, result, timeout_s: float = 30, between=None,
+                           on_failure=None, **start_options) -> None:
+    """Act as the supervisor that restarts a worker its task kills: start a worker, wait
+    until it died or ``result`` failed, stop it; up to three times. ``between`` runs
+    after each death, ``on_failure`` while the worker that failed it still runs."""
+    for n in range(1, 4):
+        worker = start(log_dir, name=f"w{n}", **start_options)
+        try:
+            wait_until(lambda: worker.proc.poll() is not None or result.state == "FAILURE",
+                       timeout_s, "neither died nor failed")
+            if result.state == "FAILURE" and on_failure is not None:
+                on_failure()
+        finally:
+            worker.stop()
+        if result.state == "FAILURE":
+            return
+        if between is not None:
+            between()
