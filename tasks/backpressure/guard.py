@@ -52,6 +52,7 @@ class Guard:
         self._rates: dict[str, tuple[float, float | None]] = {}
         self._held: dict[tuple[str, str], tuple[float, int]] = {}
         self.memo = RefusalMemo()
+        self._counters: dict[tuple[str, str], object] = {}
         _registry[self.id] = self
 
     @staticmethod
@@ -128,13 +129,21 @@ class Guard:
         return self.memo.take_pending(queue)
 
     def _refused(self, queue: str, depth: int, bound: int, wait_s: float) -> QueueFull:
-        REFUSED.labels(queue).inc()
-        submits.record(self.meter, queue, submits.REFUSED)
+        self._count(queue, submits.REFUSED)
         return QueueFull(queue=queue, depth=depth, limit=bound, retry_after_s=clamp(wait_s))
 
     def admitted(self, queue: str) -> None:
-        ACCEPTED.labels(queue).inc()
-        submits.record(self.meter, queue, submits.ACCEPTED)
+        self._count(queue, submits.ACCEPTED)
+
+    def _count(self, queue: str, outcome: str) -> None:
+        """Prometheus' counter and the shared per-second count (``floodgate status``); the
+        counter's child is looked up once per queue (it costs ~10 µs a publish otherwise)."""
+        child = self._counters.get((queue, outcome))
+        if child is None:
+            metric = ACCEPTED if outcome == submits.ACCEPTED else REFUSED
+            child = self._counters[(queue, outcome)] = metric.labels(queue)
+        child.inc()
+        submits.record(self.meter, queue, outcome)
 
     def check_eta(self, queue: str, eta: str | None) -> None:
         """Refuse an ETA the broker would deliver twice.
