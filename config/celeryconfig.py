@@ -104,8 +104,8 @@ worker_pool = "tasks.runtime.pool:TaskPool"
 # https://docs.celeryq.dev/en/stable/userguide/configuration.html#task-reject-on-worker-lost
 task_reject_on_worker_lost = False
 floodgate_max_redeliveries = _s.max_redeliveries
-# No STARTED write per task by default (a backend round trip each); the fan-out task,
-# whose job status shows 'running', turns it on for itself.
+# No STARTED write per task (a backend round trip each): a job's state is its row in the
+# database, which the worker marks running (tasks/demo/jobs.py).
 # https://docs.celeryq.dev/en/stable/userguide/configuration.html#task-track-started
 task_track_started = False
 # https://docs.celeryq.dev/en/stable/userguide/configuration.html#result-expires

@@ -50,7 +50,7 @@ class Settings(BaseSettings):
     commit_grace_s: float = Field(
         default=10, gt=0, le=600,
         description="how long a worker waits for the API to commit a job it was handed "
-        "before fencing it as abandoned (tasks/handoff.py)",
+        "before fencing it as abandoned (tasks/demo/handoff.py)",
     )
     max_body_bytes: int = Field(default=64 * 1024, ge=1024)
     task_soft_time_limit_s: int = Field(default=240, ge=1)

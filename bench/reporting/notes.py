@@ -65,7 +65,7 @@ Earlier runs of this bench found the defects below in the core code; each is now
 or stated as a limit. Figures are from this run unless a commit is named.
 
 1. **A refusal reconnected to the broker** (kombu's `Producer.__exit__` replaces a pooled
-   connection on any exception). Fixed: `tasks/brokers/producers.py` keeps the connection
+   connection on any exception). Fixed: `tasks/backpressure/transports/producers.py` keeps the connection
    when the exception is a refusal (`tasks.backpressure.Refused`). Cost of one refusal through
    `send_task`'s pooled producer now: {refusal}, against {held} with a producer the caller
    holds (before the fix: 15.2 ms Redis, 8.5 ms RabbitMQ).
@@ -73,7 +73,7 @@ or stated as a limit. Figures are from this run unless a commit is named.
 2. **Messages prefetched by workers were outside every bound.** Wait to start = (ready +
    prefetched) / drain rate. Fixed on Redis: every worker reports its prefetch window per
    queue with the meter flush, and the admit script's bound is the limit less the live
-   workers' windows (never below half the limit; `tasks/guard.py` `room_in_broker`). On
+   workers' windows (never below half the limit; `tasks/backpressure/guard.py` `room_in_broker`). On
    RabbitMQ `x-max-length` counts ready messages only, so there a limit bounds the ready
    messages and each consumer adds up to its prefetch (README, limits table). History of
    (b)/(d) against the fanout prefetch:
@@ -110,7 +110,7 @@ or stated as a limit. Figures are from this run unless a commit is named.
    while it runs. The "-E" diagnostic in (e) is the drain rate then.
 
 8. **(e): the pool, not late acks, was the gap.** Floodgate's default pool is now
-   `tasks/pool.py`: Celery's solo pool plus soft (SIGALRM) and hard (watchdog, then the
+   `tasks/runtime/pool.py`: Celery's solo pool plus soft (SIGALRM) and hard (watchdog, then the
    process replaces itself in place) time limits. Defaults / plain fastest: {e_redis}
    (Redis) and {e_amqp} (RabbitMQ); the same worker with `-P prefork` (Celery's default
    pool, Floodgate's before): {p_redis} and {p_amqp}. Late acks cost nothing measurable

@@ -239,7 +239,7 @@ last one's end. Plain candidates (acks early, `--prefetch-multiplier 64`), one r
 {table(['plain candidate', 'tasks/s', 'max unacked seen (Redis)'], rows)}
 
 Plain fastest, Floodgate defaults (`celery -A config worker -Q fanout`: Floodgate's pool,
-`tasks/pool.py`, with soft and hard time limits; acks_late; the queue's PREFETCH) and, for
+`tasks/runtime/pool.py`, with soft and hard time limits; acks_late; the queue's PREFETCH) and, for
 comparison, the same command with `-P prefork` (Celery's default pool), alternated,
 {r['n']} tasks per run. Floodgate's fanout PREFETCH in these runs: {r.get('fanout_prefetch')}.
 

@@ -59,7 +59,7 @@ def sanitise(exc: BaseException) -> str:
 # and a subscription the API process never drops.
 @app.task(bind=True, base=JobTask, name="tasks.fanout.fanout_post", ignore_result=True)
 def fanout_post(self, job_id: str, post_id: int | None = None) -> dict:
-    """``post_id`` is optional: the API publishes before the post exists (tasks/handoff.py)."""
+    """``post_id`` is optional: the API publishes before the post exists (tasks/demo/handoff.py)."""
     job = committed_job(job_id, "fanout", get_settings().commit_grace_s)
     if job is None:
         log.warning("job %s skipped: the API never committed it (abandoned)", job_id)
