@@ -32,7 +32,8 @@ PG = "postgresql+psycopg://postgres@127.0.0.1:5432"
 # name -> (redis db for the broker, rabbitmq vhost)
 NAMESPACES = {"faults": (11, f"{PREFIX}_faults"), "main": (12, f"{PREFIX}_test"),
               "guard": (14, f"{PREFIX}_guard"), "quorum": (14, f"{PREFIX}_quorum"),
-              "e2e": (15, f"{PREFIX}_e2e"), "shop": (7, f"{PREFIX}_shop")}
+              "e2e": (15, f"{PREFIX}_e2e"), "shop": (7, f"{PREFIX}_shop"),
+              "status": (6, f"{PREFIX}_status")}
 RESULTS_DB = 13
 
 

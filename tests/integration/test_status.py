@@ -21,17 +21,17 @@ LIMITS = "fanout=20,aggregation=50,default=5000"
 
 @pytest.fixture
 def loaded(tmp_path):
-    """The 'guard' namespace with a worker that consumes only 'aggregation', a beat
+    """The 'status' namespace (limits of its own) with a worker that consumes only 'aggregation', a beat
     heartbeat, and an environment for ``floodgate`` that sees them."""
     from config.celery_app import bound_queues
     from config.settings import get_settings
     from celery import Celery
 
-    support.reset_namespace("guard")
+    support.reset_namespace("status")
     var = tmp_path / "var"
     heartbeat.write(var / heartbeat.FILENAME, time.time(),
                     {"aggregate-closed-window": time.time() - 30})
-    env = {**os.environ, "BROKER_URL": support.broker_url("guard"),
+    env = {**os.environ, "BROKER_URL": support.broker_url("status"),
            "RESULT_BACKEND": support.results_url(), "QUEUE_LIMITS": LIMITS,
            # the meter the submitting test process writes its counts to
            "METER_URL": get_settings().meter_redis_url,
@@ -41,7 +41,7 @@ def loaded(tmp_path):
     wait_for(lambda: "ready." in worker.output(), 30, "worker never became ready")
     app = Celery("floodgate-status", set_as_current=False)
     app.config_from_object("config.celeryconfig")
-    app.conf.broker_url = support.broker_url("guard")
+    app.conf.broker_url = support.broker_url("status")
     os.environ["QUEUE_LIMITS"], saved = LIMITS, os.environ.get("QUEUE_LIMITS")
     get_settings.cache_clear()
     try:
