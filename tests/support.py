@@ -172,3 +172,14 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def stack_env(namespace: str, db_name: str, tmp_dir, **settings) -> dict[str, str]:
+    """The environment of Floodgate's parts run as subprocesses on ``namespace``, with a
+    fresh database of their own; ``settings`` are more variables (FANOUT_CHUNK_SIZE=2)."""
+    from pathlib import Path
+
+    return {**os.environ, "BROKER_URL": broker_url(namespace), "RESULT_BACKEND": results_url(),
+            "DATABASE_URL": database_url(db_name, str(tmp_dir)),
+            "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
+            **{name: str(value) for name, value in settings.items()}}

@@ -1,5 +1,4 @@
 """End to end: API, worker, beat and Flower as subprocesses, driven over HTTP."""
-import os
 import time
 import uuid
 
@@ -17,16 +16,9 @@ def system(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("e2e")
     support.reset_namespace("e2e")
     api_port, flower_port = support.free_port(), support.free_port()
-    env = {
-        **os.environ,
-        "BROKER_URL": support.broker_url("e2e"),
-        "RESULT_BACKEND": support.results_url(),
-        "DATABASE_URL": support.database_url("floodgate_e2e", str(tmp)),
-        "AGGREGATION_INTERVAL_S": "2",
-        "FANOUT_CHUNK_SIZE": "10",
-        "FLOWER_BASIC_AUTH": ":".join(FLOWER_AUTH),
-        "FLOWER_PORT": str(flower_port),
-    }
+    env = support.stack_env("e2e", "floodgate_e2e", tmp, AGGREGATION_INTERVAL_S=2,
+                            FANOUT_CHUNK_SIZE=10, FLOWER_BASIC_AUTH=":".join(FLOWER_AUTH),
+                            FLOWER_PORT=flower_port)
     parts = [
         processes.api(env, tmp, api_port),
         processes.worker(env, tmp),

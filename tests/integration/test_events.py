@@ -20,7 +20,9 @@ import redis
 from tests import processes, support
 from tests.integration.helpers import wait_for
 
-pytestmark = [pytest.mark.e2e, pytest.mark.skipif(support.broker_kind() != "redis", reason="broker-independent: runs in the Redis pass only")]
+pytestmark = [pytest.mark.e2e,
+              pytest.mark.skipif(support.broker_kind() != "redis",
+                                 reason="broker-independent: runs in the Redis pass only")]
 
 
 def parse_sse(text: str) -> list[tuple[str, dict]]:
@@ -89,10 +91,7 @@ def system(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("events")
     support.reset_namespace("e2e")
     port = support.free_port()
-    env = {**os.environ, "BROKER_URL": support.broker_url("e2e"),
-           "RESULT_BACKEND": support.results_url(),
-           "DATABASE_URL": support.database_url("floodgate_events", str(tmp)),
-           "FANOUT_CHUNK_SIZE": "2", "PYTHONPATH": str(processes.ROOT)}
+    env = support.stack_env("e2e", "floodgate_events", tmp, FANOUT_CHUNK_SIZE=2)
     api = processes.api(env, tmp, port)
     base = f"http://127.0.0.1:{port}"
     try:

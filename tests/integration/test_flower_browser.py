@@ -10,7 +10,6 @@ Chromium may drop them for subresources, and Flower's table is filled by XHRs.
 import base64
 import itertools
 import json
-import os
 import shutil
 import subprocess
 import tempfile
@@ -22,7 +21,9 @@ import pytest
 
 from tests import processes, support
 
-pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180), pytest.mark.skipif(support.broker_kind() != "redis", reason="broker-independent: runs in the Redis pass only")]
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180),
+              pytest.mark.skipif(support.broker_kind() != "redis",
+                                 reason="broker-independent: runs in the Redis pass only")]
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 FLOWER_AUTH = ("admin", "browser-flower-pass")
@@ -40,16 +41,10 @@ def system(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("flower-browser")
     support.reset_namespace("e2e")
     api_port, flower_port = support.free_port(), support.free_port()
-    env = {
-        **os.environ,
-        "BROKER_URL": support.broker_url("e2e"),
-        "RESULT_BACKEND": support.results_url(),
-        "DATABASE_URL": support.database_url("floodgate_browser", str(tmp)),
-        "FLOWER_BASIC_AUTH": ":".join(FLOWER_AUTH),
-        "FLOWER_PORT": str(flower_port),
-        "WORKER_SEND_TASK_EVENTS": "true",  # as make up and compose run a worker beside Flower
-        "PYTHONPATH": str(processes.ROOT),
-    }
+    env = support.stack_env(
+        "e2e", "floodgate_browser", tmp, FLOWER_BASIC_AUTH=":".join(FLOWER_AUTH),
+        FLOWER_PORT=flower_port,
+        WORKER_SEND_TASK_EVENTS="true")  # as make up and compose run a worker beside Flower
     parts = [processes.api(env, tmp, api_port), processes.worker(env, tmp),
              processes.flower(env, tmp)]
     try:

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
 
 import httpx
 import pytest
@@ -10,7 +9,9 @@ import pytest
 from tests import processes, support
 from tests.integration.helpers import wait_for
 
-pytestmark = [pytest.mark.e2e, pytest.mark.skipif(support.broker_kind() != "redis", reason="broker-independent: runs in the Redis pass only")]
+pytestmark = [pytest.mark.e2e,
+              pytest.mark.skipif(support.broker_kind() != "redis",
+                                 reason="broker-independent: runs in the Redis pass only")]
 
 
 def json_lines(text: str) -> list[dict]:
@@ -31,10 +32,8 @@ def json_lines(text: str) -> list[dict]:
 def test_one_job_in_json_lines_of_the_api_and_the_worker(tmp_path):
     support.reset_namespace("e2e")
     port = support.free_port()
-    env = {**os.environ, "LOG_FORMAT": "json", "BROKER_URL": support.broker_url("e2e"),
-           "RESULT_BACKEND": support.results_url(),
-           "DATABASE_URL": support.database_url("floodgate_logs", str(tmp_path)),
-           "FANOUT_CHUNK_SIZE": "2", "PYTHONPATH": str(processes.ROOT)}
+    env = support.stack_env("e2e", "floodgate_logs", tmp_path, LOG_FORMAT="json",
+                            FANOUT_CHUNK_SIZE=2)
     api = processes.api(env, tmp_path, port)
     worker = processes.worker(env, tmp_path, name="logs-worker", queues="fanout",
                               concurrency=1)
