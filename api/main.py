@@ -45,37 +45,39 @@ def _json(status: int, detail: str, headers: dict | None = None, **extra) -> JSO
     return JSONResponse({"detail": detail, **extra}, status_code=status, headers=headers)
 
 
+# Handlers are coroutines: Starlette runs a plain function handler in its threadpool,
+# so every 503 would queue behind the threads storing accepted posts (bench (f)).
 @app.exception_handler(QueueFull)
-def _queue_full(_: Request, exc: QueueFull) -> JSONResponse:
+async def _queue_full(_: Request, exc: QueueFull) -> JSONResponse:
     return _json(503, str(exc), {"Retry-After": str(exc.retry_after_s)}, queue=exc.queue,
                  depth=exc.depth, limit=exc.limit, retry_after_s=exc.retry_after_s)
 
 
 @app.exception_handler(BrokerUnavailable)
-def _broker_down(_: Request, exc: BrokerUnavailable) -> JSONResponse:
+async def _broker_down(_: Request, exc: BrokerUnavailable) -> JSONResponse:
     return _json(503, str(exc), {"Retry-After": str(exc.retry_after_s)}, queue=exc.queue,
                  retry_after_s=exc.retry_after_s)
 
 
 @app.exception_handler(StoreFailed)
-def _store_failed(_: Request, exc: StoreFailed) -> JSONResponse:
+async def _store_failed(_: Request, exc: StoreFailed) -> JSONResponse:
     return _json(503, str(exc), {"Retry-After": str(exc.retry_after_s)}, job_id=exc.job_id,
                  retry_after_s=exc.retry_after_s)
 
 
 @app.exception_handler(UnknownUser)
 @app.exception_handler(JobNotFound)
-def _not_found(_: Request, exc: Exception) -> JSONResponse:
+async def _not_found(_: Request, exc: Exception) -> JSONResponse:
     return _json(404, str(exc))
 
 
 @app.exception_handler(NameTaken)
-def _conflict(_: Request, exc: NameTaken) -> JSONResponse:
+async def _conflict(_: Request, exc: NameTaken) -> JSONResponse:
     return _json(409, str(exc))
 
 
 @app.exception_handler(RequestValidationError)
-def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
     """One sentence per problem; the offending input is never echoed back (it may not
     even be encodable, e.g. a lone surrogate)."""
     errors = [
