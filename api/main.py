@@ -33,6 +33,9 @@ async def lifespan(_: FastAPI):
 
 app = FastAPI(
     lifespan=lifespan,
+    # FastAPI's OpenTelemetry hooks look the global providers up on every request (13 % of
+    # the API's CPU under overload, bench (f)); Floodgate exports Prometheus metrics instead.
+    telemetry={"tracing": False, "metrics": False, "logs": False},
     title="Floodgate",
     summary="Background jobs with back pressure: a full queue answers 503 + Retry-After.",
 )
