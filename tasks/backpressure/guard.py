@@ -119,9 +119,10 @@ class Guard:
         self.memo.remember(queue, depth, bound, wait_s, self.drain_rate(queue))
         return self._refused(queue, depth, bound, wait_s)
 
-    def recent_refusal(self, queue: str) -> QueueFull | None:
-        """A refusal answered in-process while the broker's last refusal of ``queue`` holds."""
-        remembered = self.memo.refusal(queue)
+    def recent_refusal(self, queue: str, claim: bool = True) -> QueueFull | None:
+        """A refusal answered in-process while the broker's last refusal of ``queue`` holds
+        (or another submission is asking the broker again; ``claim``: see :mod:`.memo`)."""
+        remembered = self.memo.refusal(queue, claim)
         return self._refused(queue, *remembered) if remembered else None
 
     def pending_tickets(self, queue: str) -> int:
@@ -133,6 +134,7 @@ class Guard:
         return QueueFull(queue=queue, depth=depth, limit=bound, retry_after_s=clamp(wait_s))
 
     def admitted(self, queue: str) -> None:
+        self.memo.admitted(queue)
         self._count(queue, submits.ACCEPTED)
 
     def _count(self, queue: str, outcome: str) -> None:
