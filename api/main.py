@@ -1,6 +1,7 @@
 """The FastAPI app: ``uvicorn api.main:app``."""
 from __future__ import annotations
 
+import gc
 import sys
 from contextlib import asynccontextmanager
 
@@ -28,6 +29,12 @@ configure_api_logging()
 @asynccontextmanager
 async def lifespan(_: FastAPI):
     engine()  # creates missing tables; fails fast if the database is unreachable
+    # Everything loaded so far (FastAPI, SQLAlchemy, Celery, kombu: about a million
+    # objects) lives as long as the process. Left to the collector, each full collection
+    # walked them all, an 80 ms stop every few seconds under overload: the p99 of every
+    # answer (bench (f)). Frozen, they are never scanned again.
+    gc.collect()
+    gc.freeze()
     yield
 
 

@@ -53,6 +53,11 @@ class Settings(BaseSettings):
         "before fencing it as abandoned (tasks/demo/handoff.py)",
     )
     max_body_bytes: int = Field(default=64 * 1024, ge=1024)
+    api_store_threads: int = Field(
+        default=4, ge=1, le=64,
+        description="threads per API process that publish and store posts at once; more "
+        "only contend for the GIL (api/routes/posts.py)",
+    )
     task_soft_time_limit_s: int = Field(default=240, ge=1)
     task_time_limit_s: int = Field(default=300, ge=2)
     redis_visibility_timeout_s: int | None = Field(

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import asyncio
 import functools
+import weakref
 
 from fastapi import APIRouter, Response
 from fastapi.concurrency import run_in_threadpool
@@ -9,6 +11,7 @@ from sqlalchemy import Engine, select
 
 from api import authors
 from api.schemas import PostAccepted, PostIn, PostsBatchIn, PostsBatchResult
+from config.settings import get_settings
 from tasks.demo.db import engine
 from tasks.backpressure import guard_for
 from tasks.demo.handoff import FANOUT, publish_then_store, publish_then_store_many
@@ -28,16 +31,43 @@ async def post_post(body: PostIn, response: Response) -> dict:
     most one broker round trip and leaves nothing behind; a 202 is sent after the
     post and its job are committed (tasks/demo/handoff.py says why that is safe).
     While the broker's last refusal holds (tasks/backpressure/memo.py), a known
-    author's post is refused right here, without a thread or a round trip.
+    author's post is refused right here, without a thread or a round trip; a few
+    threads at a time publish and store (``store_slots``).
     """
-    if authors.peek(engine(), body.author) is not None:
-        full = fanout_guard().recent_refusal(FANOUT, claim=False)  # the router claims
-        if full is not None:
-            raise full
-    accepted = await run_in_threadpool(_publish_then_store, body.author, body.text)
+    known = authors.peek(engine(), body.author) is not None
+    refuse_if_remembered(known)
+    async with store_slots():
+        refuse_if_remembered(known)  # again: the broker may have refused while this waited
+        accepted = await run_in_threadpool(_publish_then_store, body.author, body.text)
     status_url = f"/jobs/{accepted['job_id']}"
     response.headers["Location"] = status_url
     return {**accepted, "status_url": status_url}
+
+
+def refuse_if_remembered(known_author: bool) -> None:
+    """Raise the remembered refusal; not for an unknown author, who must get a 404."""
+    if known_author:
+        full = fanout_guard().recent_refusal(FANOUT)
+        if full is not None:
+            raise full
+
+
+_slots: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def store_slots() -> asyncio.Semaphore:
+    """A few threads publish and store at once; the other requests wait on the event loop.
+
+    Each of those threads gives the GIL up at every round trip and waits for it again
+    behind every other runnable thread and the event loop, so forty threads (Starlette's
+    default) made each post's handful of round trips take hundreds of milliseconds
+    under overload, and refusals answered from threads with them (bench (f)).
+    """
+    loop = asyncio.get_running_loop()  # a semaphore belongs to one event loop
+    slots = _slots.get(loop)
+    if slots is None:
+        slots = _slots[loop] = asyncio.Semaphore(get_settings().api_store_threads)
+    return slots
 
 
 def _publish_then_store(author: str, text: str) -> dict:

@@ -119,10 +119,9 @@ class Guard:
         self.memo.remember(queue, depth, bound, wait_s, self.drain_rate(queue))
         return self._refused(queue, depth, bound, wait_s)
 
-    def recent_refusal(self, queue: str, claim: bool = True) -> QueueFull | None:
-        """A refusal answered in-process while the broker's last refusal of ``queue`` holds
-        (or another submission is asking the broker again; ``claim``: see :mod:`.memo`)."""
-        remembered = self.memo.refusal(queue, claim)
+    def recent_refusal(self, queue: str) -> QueueFull | None:
+        """A refusal answered in-process while the broker's last refusal of ``queue`` holds."""
+        remembered = self.memo.refusal(queue)
         return self._refused(queue, *remembered) if remembered else None
 
     def pending_tickets(self, queue: str) -> int:

@@ -7,11 +7,10 @@ slot only as its workers drain it: one slot per 1/rate seconds. So for that long
 itself, at no cost, and hands out tickets further down the same line. A free slot
 left empty that long idles nobody: the queue still holds ``limit`` messages.
 
-When the moment is over, one submission goes to the broker to find out (the
-*probe*); until it is answered, at most ``MEMO_MAX_S``, the others are still
-refused here. Otherwise every request arriving during that round trip would build
-a message and queue for the broker too, and under a tenfold overload about half of
-them did (bench (f)). An admission forgets the refusal: the queue has room.
+An admission by the broker forgets the refusal at once: the queue has room.
+(Refusing the others only while one submission asks the broker again, a single
+flight, was tried: a burst arriving just after the queue drained then had a round
+trip's worth of its posts refused, wrongly.)
 
 The limit stays exact (this only ever refuses); the next broker refusal skips the
 slots handed out here (``pending``), so the shared line stays honest. Without a
@@ -35,7 +34,6 @@ class Full:
     next_slot: float  # monotonic: the next ticket this process hands out
     interval_s: float  # 1 / drain rate
     pending: int = 0   # tickets handed out here that the shared line has not seen
-    probe_until: float = 0.0  # monotonic: a submission is asking the broker until then
 
 
 class RefusalMemo:
@@ -53,25 +51,12 @@ class RefusalMemo:
             self._full[queue] = Full(now + min(interval_s, MEMO_MAX_S), depth, bound,
                                      now + wait_s + interval_s, interval_s)
 
-    def refusal(self, queue: str, claim: bool = True) -> tuple[int, int, float] | None:
-        """(depth, bound, seconds to this caller's ticket) while ``queue`` is remembered full.
-
-        None means "ask the broker". Once the remembered moment is over, the first caller
-        with ``claim`` becomes the probe and gets None; the others are refused until the
-        probe is answered (:meth:`remember`, :meth:`admitted`) or ``MEMO_MAX_S`` passes.
-        ``claim=False`` only looks: a caller that will reach the broker through a
-        claiming path (Celery's router) later.
-        """
-        full = self._full.get(queue)
-        if full is None:  # the usual case: no lock taken
+    def refusal(self, queue: str) -> tuple[int, int, float] | None:
+        """(depth, bound, seconds to this caller's ticket) while ``queue`` is remembered full."""
+        full, now = self._full.get(queue), time.monotonic()
+        if full is None or now >= full.until:  # the usual case: no lock taken
             return None
-        now = time.monotonic()
         with self._lock:
-            if now >= full.until:
-                if now >= full.probe_until:
-                    if claim:
-                        full.probe_until = now + MEMO_MAX_S
-                    return None
             slot = max(full.next_slot, now + full.interval_s)
             full.next_slot, full.pending = slot + full.interval_s, full.pending + 1
             return full.depth, full.bound, slot - now

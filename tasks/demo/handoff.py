@@ -41,11 +41,12 @@ failure and its message is skipped).
 """
 from __future__ import annotations
 
+import functools
 import time
 import uuid
 
 from celery.utils.log import get_logger
-from sqlalchemy import select
+from sqlalchemy import Engine, literal, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from tasks.demo import jobs
@@ -73,12 +74,42 @@ def publish_then_store(author_id: int, text: str) -> dict:
     job_id = str(uuid.uuid4())
     submit(FANOUT_TASK, args=(job_id,), task_id=job_id)
     try:
-        with engine().begin() as conn:
-            post = insert_post(conn, author_id, text)
-            jobs.create_job(conn, job_id, FANOUT, post["post_id"])
+        post_id = store_post_and_job(author_id, text, job_id)
     except SQLAlchemyError as exc:
         return _recover(job_id, exc)
-    return {"post_id": post["post_id"], "job_id": job_id}
+    return {"post_id": post_id, "job_id": job_id}
+
+
+def store_post_and_job(author_id: int, text: str, job_id: str) -> int:
+    """The post, its author's timeline entry and its job, all or nothing; the post's id.
+
+    On PostgreSQL one statement (the inserts as CTEs) in autocommit: one round trip
+    where a transaction takes five, each of which a thread of the API waits for the
+    GIL again after (bench (f)). Elsewhere, one transaction of three inserts.
+    """
+    eng = engine()
+    if eng.dialect.name != "postgresql":
+        with eng.begin() as conn:
+            post = insert_post(conn, author_id, text)
+            jobs.create_job(conn, job_id, FANOUT, post["post_id"])
+        return post["post_id"]
+    now = time.time()
+    post = posts.insert().values(author_id=author_id, text=text, created_at=now).returning(
+        posts.c.id).cte("post")
+    entry = timeline_entries.insert().from_select(
+        ["user_id", "post_id", "created_at"],
+        select(literal(author_id), post.c.id, literal(now))).cte("entry")
+    job = jobs_table.insert().from_select(
+        ["id", "kind", "post_id", "state", "created_at", "updated_at"],
+        select(literal(job_id), literal(FANOUT), post.c.id, literal(jobs.QUEUED), literal(now),
+               literal(now))).cte("job")
+    with _autocommit(eng).connect() as conn:
+        return conn.execute(select(post.c.id).add_cte(entry).add_cte(job)).scalar_one()
+
+
+@functools.cache
+def _autocommit(eng: Engine) -> Engine:
+    return eng.execution_options(isolation_level="AUTOCOMMIT")
 
 
 def publish_then_store_many(items: list[tuple[int, str]]) -> list[dict]:

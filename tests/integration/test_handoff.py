@@ -69,8 +69,9 @@ def test_a_refusal_does_no_database_work_and_needs_no_lock(api, idle_app, monkey
 
 def test_a_job_published_but_never_committed_is_fenced_and_a_late_commit_fails(api):
     """The crash window: the broker accepted, then the API died before its commit."""
+    from tasks.demo.handoff import store_post_and_job
     from tasks.demo.submit import submit
-    from tasks.demo.timeline import create_post
+    from tasks.demo.timeline import user_id
 
     author, fans = make_following(api, followers=2)
     job_id = str(uuid.uuid4())
@@ -79,11 +80,12 @@ def test_a_job_published_but_never_committed_is_fenced_and_a_late_commit_fails(a
     # Only a worker can have fenced it: the API never ran for this job.
     wait_for(lambda: _state(job_id) == jobs.ABANDONED, GRACE_S + 15, "the job was never fenced")
 
-    posts_before = count(posts)
-    with pytest.raises(IntegrityError), engine().begin() as conn:  # the API's commit, too late
-        post = create_post(conn, author, "too late")
-        jobs.create_job(conn, job_id, "fanout", post["post_id"])
-    assert count(posts) == posts_before  # rolled back whole: no half-written post
+    posts_before = count(posts), count(timeline_entries)
+    with engine().connect() as conn:
+        author_id = user_id(conn, author)
+    with pytest.raises(IntegrityError):  # the API's store, too late
+        store_post_and_job(author_id, "too late", job_id)
+    assert (count(posts), count(timeline_entries)) == posts_before  # no half-written post
     assert api.get(f"/jobs/{job_id}").status_code == 404
     assert api.get(f"/timelines/{author}").json()["posts"] == []
     assert all(api.get(f"/timelines/{f}").json()["posts"] == [] for f in fans)
