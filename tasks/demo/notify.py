@@ -6,6 +6,7 @@ committed (tasks/demo/fanout.py); it publishes the job's status as committed, th
 same JSON ``GET /jobs/{id}`` answers, as one small message. ``GET /jobs/{id}/events``
 (api/events.py) relays them to its open streams.
 
+A job nobody follows costs one look (``PUBSUB NUMSUB``) per change, no status read.
 A publish is best effort and can never fail the job: any error (Redis down, the
 status read failing) is logged at debug level and dropped. A stream that missed an
 event is still right at the end: the final state is in the database, and a stream
@@ -60,6 +61,12 @@ def notify(job_id: str) -> None:
         client = _redis()
         if client is None:
             return
-        client.publish(channel(job_id), json.dumps(job_status(job_id)))
+        name = channel(job_id)
+        # Nobody follows the job (the usual case): no status read, no publish. A stream
+        # subscribes before it reads the status (api/events.py), so one that subscribes
+        # after this look reads this commit itself: nothing is missed.
+        if not client.pubsub_numsub(name)[0][1]:
+            return
+        client.publish(name, json.dumps(job_status(job_id)))
     except Exception:  # noqa: BLE001 - an event lost must never fail the job
         log.debug("job %s: change event not published", job_id, exc_info=True)
