@@ -370,8 +370,8 @@ def section_f(r: dict) -> str:
         bp = _f_phases(before)
         brows = [[label] + [_cell(before[p].get(k)) for p in bp] for k, label in keys]
         before_txt = f"""
-**Before** (commit {before.get('commit')}: the API wrote the post and job, then published
-inside the transaction; database {before.get('banner', {}).get('database', '?').split('?')[0]},
+**Before** (the same run on commit {before.get('commit')}, `--f-before`; database
+{before.get('banner', {}).get('database', '?').split('?')[0]},
 drain alone {before.get('drain_rate_per_s')} jobs/s, timings from
 {before.get('timing_source')}):
 
