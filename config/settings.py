@@ -55,8 +55,8 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=64 * 1024, ge=1024)
     api_store_threads: int = Field(
         default=4, ge=1, le=64,
-        description="threads per API process that publish and store posts at once; more "
-        "only contend for the GIL (api/routes/posts.py)",
+        description="threads per API process that publish posts at once, and as many that "
+        "store them; more only contend for the GIL (api/routes/posts.py)",
     )
     task_soft_time_limit_s: int = Field(default=240, ge=1)
     task_time_limit_s: int = Field(default=300, ge=2)

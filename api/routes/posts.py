@@ -14,7 +14,7 @@ from api.schemas import PostAccepted, PostIn, PostsBatchIn, PostsBatchResult
 from config.settings import get_settings
 from tasks.demo.db import engine
 from tasks.backpressure import guard_for
-from tasks.demo.handoff import FANOUT, publish_then_store, publish_then_store_many
+from tasks.demo.handoff import FANOUT, admit, publish_then_store_many, store
 from tasks.demo.models import users
 
 router = APIRouter(tags=["posts"])
@@ -32,13 +32,15 @@ async def post_post(body: PostIn, response: Response) -> dict:
     post and its job are committed (tasks/demo/handoff.py says why that is safe).
     While the broker's last refusal holds (tasks/backpressure/memo.py), a known
     author's post is refused right here, without a thread or a round trip; a few
-    threads at a time publish and store (``store_slots``).
+    threads at a time publish, and a few store (``slots``).
     """
     known = authors.peek(engine(), body.author) is not None
     refuse_if_remembered(known)
-    async with store_slots():
+    async with slots("admit"):
         refuse_if_remembered(known)  # again: the broker may have refused while this waited
-        accepted = await run_in_threadpool(_publish_then_store, body.author, body.text)
+        author_id, job_id = await run_in_threadpool(_admit, body.author)
+    async with slots("store"):
+        accepted = await run_in_threadpool(store, author_id, body.text, job_id)
     status_url = f"/jobs/{accepted['job_id']}"
     response.headers["Location"] = status_url
     return {**accepted, "status_url": status_url}
@@ -55,23 +57,29 @@ def refuse_if_remembered(known_author: bool) -> None:
 _slots: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def store_slots() -> asyncio.Semaphore:
-    """A few threads publish and store at once; the other requests wait on the event loop.
+def slots(step: str) -> asyncio.Semaphore:
+    """A few threads at a time admit (publish), and a few store; the other requests wait
+    on the event loop.
 
     Each of those threads gives the GIL up at every round trip and waits for it again
     behind every other runnable thread and the event loop, so forty threads (Starlette's
     default) made each post's handful of round trips take hundreds of milliseconds
-    under overload, and refusals answered from threads with them (bench (f)).
+    under overload, and refusals answered from threads with them (bench (f)). Admission
+    has slots of its own, so that a refusal never waits behind the posts being stored.
     """
     loop = asyncio.get_running_loop()  # a semaphore belongs to one event loop
-    slots = _slots.get(loop)
-    if slots is None:
-        slots = _slots[loop] = asyncio.Semaphore(get_settings().api_store_threads)
-    return slots
+    per_loop = _slots.get(loop)
+    if per_loop is None:
+        n = get_settings().api_store_threads
+        per_loop = _slots[loop] = {"admit": asyncio.Semaphore(n), "store": asyncio.Semaphore(n)}
+    return per_loop[step]
 
 
-def _publish_then_store(author: str, text: str) -> dict:
-    return publish_then_store(authors.resolve(engine(), author), text)
+def _admit(author: str) -> tuple[int, str]:
+    """The author's id (an unknown one is a 404, before anything is published), then the
+    admitted job's id."""
+    author_id = authors.resolve(engine(), author)
+    return author_id, admit()
 
 
 @functools.cache

@@ -71,8 +71,24 @@ def publish_then_store(author_id: int, text: str) -> dict:
 
     Raises QueueFull or BrokerUnavailable (nothing written) or StoreFailed.
     """
+    return store(author_id, text, admit())
+
+
+def admit() -> str:
+    """Step 1: publish the fan-out of a post not yet stored; returns its job id.
+
+    Raises QueueFull or BrokerUnavailable, having written nothing.
+    """
     job_id = str(uuid.uuid4())
     submit(FANOUT_TASK, args=(job_id,), task_id=job_id)
+    return job_id
+
+
+def store(author_id: int, text: str, job_id: str) -> dict:
+    """Step 2, for an admitted job: store the post and the job; post_id and job_id.
+
+    Raises StoreFailed (nothing kept, the job fenced) when the database fails.
+    """
     try:
         post_id = store_post_and_job(author_id, text, job_id)
     except SQLAlchemyError as exc:
