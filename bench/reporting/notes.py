@@ -120,6 +120,43 @@ or stated as a limit. Figures are from this run unless a commit is named.
    0.951, 0.899, 0.995 on Redis and 0.952, 0.91, 0.879 on RabbitMQ; this run {a_redis} and
    {a_amqp}. Against Floodgate's configuration without the guard (`plain_config`): {ac_redis}
    (Redis), {ac_amqp} (RabbitMQ).
+
+10. **(f): the API answered its overload slowly, for reasons of its own.** A profile
+   (py-spy) and a gc / event-loop-lag probe in the API at 10x found: every 503 ran its
+   exception handler in Starlette's threadpool, behind the threads storing posts (the
+   handlers are coroutines now); full collections walked the ~1 million startup objects,
+   75-88 ms every few seconds (`gc.freeze()` after startup: 10-23 ms); 40 threads
+   convoyed on the GIL, one wait per round trip (4 threads admit and 4 store now,
+   `API_STORE_THREADS`; the event loop's lag stayed under 9 ms at 10x, against 150 ms);
+   FastAPI's OpenTelemetry hooks took 13 % of the API's CPU (off); a post, its entry and
+   its job took five round trips on PostgreSQL (one statement now); and the worker read
+   each job's status twice to publish events nobody listened to (one `PUBSUB NUMSUB` now).
+   Medians of 3 alternating rounds, 20 s phases (`python -m bench.experiments.exp_f_ab
+   --refs b2d5c7b,fab2edf --stack make-up`; load = 3x and 10x the drain alone measured in
+   the same round):
+
+   | make up | b2d5c7b | fab2edf |
+   |---|---|---|
+   | drain alone (jobs/s) | 66.0 | 76.6 |
+   | 3x: completed / drain alone; 202 p99; 503 p99 | 0.855; 41 ms; 11 ms | 0.891; 49 ms; 20 ms |
+   | 10x: completed / drain alone; 202 p99; 503 p99 | 0.838; 396 ms; 381 ms | 0.821; 83 ms; 52 ms |
+   | item 4: refusals/s; API CPU per refusal | 2,137; 0.48 ms | 4,546; 0.22 ms |
+
+   | prod (RabbitMQ) | b2d5c7b | fab2edf |
+   |---|---|---|
+   | drain alone (jobs/s) | 62.4 | 80.9 |
+   | 3x: completed / drain alone; 202 p99; 503 p99 | 0.96; 30 ms; 12 ms | 0.89; 29 ms; 17 ms |
+   | 10x: completed / drain alone; 202 p99; 503 p99 | 0.759; 423 ms; 462 ms | 0.794; 309 ms; 198 ms |
+   | item 4: refusals/s; API CPU per refusal | 1,983; 0.52 ms | 4,290; 0.23 ms |
+
+   Admission then got thread slots apart from storing (16d752e), so that a refusal never
+   waits behind a store: against fab2edf, same method, make up, 10x 503 p99 54 ms
+   (52-57) against 69 ms (50-550), the rest alike. Tried and reverted: a "single flight"
+   memo (one request asks the broker again while the others are still refused), which
+   refused a round trip's worth of a burst arriving just after the queue drained. Taking
+   the worker's `nice` away gave no better completion and a worse 10x tail (3 rounds).
+   What remains is the machine: at 10x the load generator, API, PostgreSQL, broker, Flower
+   and a latency-bound worker (about 12 round trips a job) share two cores.
 """
 
 
