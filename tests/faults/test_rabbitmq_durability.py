@@ -132,6 +132,12 @@ def test_row5_burst_with_confirms_and_kill9_midway_loses_no_accepted_post(rabbit
     assert not [i for i in refused if f"row5 #{i}" in texts], "a refused post was stored"
     assert all(f"row5 #{i}" in texts for i, (s, _) in enumerate(answers) if s == 202)
     states = system.job_states()
-    assert set(states.values()) == {"succeeded"}, \
-        f"jobs in the database that never ran: {[j for j, s in states.items() if s != 'succeeded']}"
-    assert len(states) == len(accepted) + len([i for i in unknown if f"row5 #{i}" in texts])
+    # A publish whose confirm the kill cut off may have reached the broker all the same:
+    # its request got a 503 and stored nothing, and the worker that took the message after
+    # the restart fenced its id as abandoned (tasks/demo/handoff.py), never running it.
+    fenced = {j for j, s in states.items() if s == "abandoned"}
+    ran = {j for j, s in states.items() if s == "succeeded"}
+    assert ran | fenced == set(states), f"jobs that neither ran nor were fenced: {states}"
+    assert not fenced & set(accepted), "an accepted job was fenced instead of run"
+    assert len(ran) == len(accepted) + len([i for i in unknown if f"row5 #{i}" in texts])
+    assert len(fenced) <= len(refused) + len(unknown), "more fences than unanswered publishes"
