@@ -7,7 +7,8 @@ Admission is decided before any row is written or any lock is taken:
    (``QueueFull``) or a broker error (``BrokerUnavailable``) is a 503 that did
    no database work and left nothing behind.
 2. Only an admitted job is stored: the post, its author's timeline entry and the
-   job row, in one transaction. The 202 is sent after that commit.
+   job row, all or nothing (:func:`store_post_and_job`: one statement on PostgreSQL,
+   one transaction elsewhere). The 202 is sent after that commit.
 
 The worker may take the message before that commit, or the commit may never
 come (the database failed, the API process died). So the worker waits for the
