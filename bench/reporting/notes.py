@@ -157,6 +157,24 @@ or stated as a limit. Figures are from this run unless a commit is named.
    the worker's `nice` away gave no better completion and a worse 10x tail (3 rounds).
    What remains is the machine: at 10x the load generator, API, PostgreSQL, broker, Flower
    and a latency-bound worker (about 12 round trips a job) share two cores.
+
+11. **(peers): end to end was bound by the submit path, and half of its Python cost
+   changed nothing after the first message.** cProfile of `send_task` on Redis: kombu's
+   `maybe_declare` copied the queue and its exchange (`bind`, about 40 attributes) on every
+   publish before finding the queue in the connection's cache; Celery's `saferepr` built
+   `argsrepr`/`kwargsrepr` with a streaming pretty-printer; and install() had swapped the
+   class of an AMQP helper whose message builders were already bound, so none of our
+   overrides saw them. `tasks/backpressure/transports/lean.py` looks the queue up first
+   (kombu's own check, without the copy) and uses `repr` for flat plain args (the same
+   text; tests/unit/test_lean_publish.py); redis-py now parses with hiredis. Cost of one
+   `send_task`, medians of 3 alternating runs of 3,000 (2,000 on RabbitMQ), the commit
+   before against this one, hiredis in both: Redis 709 -> 577 us, RabbitMQ 1,605 -> 1,446 us
+   (a busy machine: a bare PING took 218 us). The two biggest costs left per message, as
+   shares of the profiled time: on Redis Celery's `send_task` and kombu's `publish`
+   around the transport (47 %) and the admission's round trip through redis-py (41 %); on
+   RabbitMQ waiting for the publisher confirm (48 %: a durable queue confirms once the
+   message is persisted) and serialising the message's properties, Celery's 20 headers
+   as an AMQP table (10 %).
 """
 
 

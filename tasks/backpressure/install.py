@@ -146,9 +146,14 @@ def _guard_amqp_helper(app) -> None:
     if not issubclass(current, GuardedAMQP):
         app.amqp_cls = type(f"Guarded{current.__name__}", (GuardedAMQP, current), {})
     if "amqp" in app.__dict__ and not isinstance(app.amqp, GuardedAMQP):
-        app.amqp.__class__ = app.amqp_cls
-        for cached in ("queues", "router"):  # re-read task_queues; route through ours
-            app.amqp.__dict__.pop(cached, None)
+        amqp = app.amqp
+        amqp.__class__ = app.amqp_cls
+        # Re-read task_queues, route and publish through ours; the protocols are bound
+        # methods taken in __init__, so bind them again to the new class.
+        for cached in ("queues", "router", "send_task_message", "create_task_message"):
+            amqp.__dict__.pop(cached, None)
+        amqp.task_protocols = {version: getattr(amqp, build.__name__, build)
+                               for version, build in amqp.task_protocols.items()}
 
 
 def _names(queues: list[str]) -> str:

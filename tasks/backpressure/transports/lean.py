@@ -1,0 +1,73 @@
+"""Two costs Celery pays on every publish that change nothing after the first.
+
+Profiled on ``send_task`` (bench/RESULTS.md, finding 11), per message:
+
+* kombu's ``maybe_declare`` copies the route's Queue and its Exchange (``bind``)
+  before it looks the queue up in the connection's cache of declared entities,
+  so the lookup almost always answers "already declared" after a copy of about
+  forty attributes. We look the queue up first, the way kombu does, and pass
+  ``declare=[]`` only when kombu would have skipped the declaration anyway.
+* ``argsrepr``/``kwargsrepr`` (what Flower and the logs show) come from Celery's
+  ``saferepr``, a streaming pretty-printer written for deep or huge values. For a
+  flat tuple of numbers and plain ASCII strings, ``repr`` gives the same text
+  (tests/unit/test_lean_publish.py checks that); anything else still goes to saferepr.
+"""
+from __future__ import annotations
+
+from kombu.utils.objects import cached_property
+
+_PLAIN = (int, float, bool, type(None))
+
+
+def _plain(value) -> bool:
+    if isinstance(value, str):
+        return value.isascii() and value.isprintable() and "'" not in value and "\\" not in value
+    return isinstance(value, _PLAIN)
+
+
+def plain_repr(value, maxsize: int) -> str | None:
+    """``repr(value)`` where it equals Celery's saferepr (flat, plain, short); else None."""
+    if isinstance(value, (tuple, list)):
+        flat = all(_plain(v) for v in value)
+    elif isinstance(value, dict):
+        flat = all(isinstance(k, str) and _plain(k) and _plain(v) for k, v in value.items())
+    else:
+        return None
+    if not flat:
+        return None
+    text = repr(value)
+    return text if len(text) <= maxsize else None
+
+
+class LeanPublish:
+    """Mixed into the app's AMQP helper with GuardedAMQP."""
+
+    def as_task_v2(self, task_id, name, args=None, kwargs=None, *rest, argsrepr=None,
+                   kwargsrepr=None, **options):
+        if argsrepr is None:
+            argsrepr = plain_repr(args or (), self.argsrepr_maxsize)
+        if kwargsrepr is None:
+            kwargsrepr = plain_repr(kwargs or {}, self.kwargsrepr_maxsize)
+        return super().as_task_v2(task_id, name, args, kwargs, *rest, argsrepr=argsrepr,
+                                  kwargsrepr=kwargsrepr, **options)
+
+    @cached_property
+    def send_task_message(self):
+        send = self._create_task_sender()
+        queues = self.queues
+
+        def send_task_message(producer, name, message, queue=None, declare=None, **options):
+            route = queues.get(queue) if isinstance(queue, str) else queue
+            if declare is None and _declared(producer, route):
+                declare = []
+            return send(producer, name, message, queue=queue, declare=declare, **options)
+
+        return send_task_message
+
+
+def _declared(producer, queue) -> bool:
+    """Whether kombu's maybe_declare would skip this queue on the producer's connection."""
+    if queue is None or not queue.can_cache_declaration:
+        return False
+    connection = producer.connection
+    return connection is not None and hash(queue) in connection.declared_entities
