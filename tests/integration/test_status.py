@@ -31,10 +31,11 @@ def loaded(tmp_path):
     var = tmp_path / "var"
     heartbeat.write(var / heartbeat.FILENAME, time.time(),
                     {"aggregate-closed-window": time.time() - 30})
+    # A meter of the namespace's own, emptied above: "accepted 1m" then counts this test's
+    # submissions only, not those of earlier tests leaving the one-minute window meanwhile.
+    meter = f"{support.REDIS}/{support.NAMESPACES['status'][0]}"
     env = {**os.environ, "BROKER_URL": support.broker_url("status"),
-           "RESULT_BACKEND": support.results_url(), "QUEUE_LIMITS": LIMITS,
-           # the meter the submitting test process writes its counts to
-           "METER_URL": get_settings().meter_redis_url,
+           "RESULT_BACKEND": support.results_url(), "QUEUE_LIMITS": LIMITS, "METER_URL": meter,
            "FLOODGATE_VAR_DIR": str(var), "COLUMNS": "120", "PYTHONPATH": str(processes.ROOT)}
     worker = processes.worker(env, tmp_path, name="status-worker", queues="aggregation",
                               pool="threads", concurrency=1)
@@ -42,12 +43,17 @@ def loaded(tmp_path):
     app = Celery("floodgate-status", set_as_current=False)
     app.config_from_object("config.celeryconfig")
     app.conf.broker_url = support.broker_url("status")
-    os.environ["QUEUE_LIMITS"], saved = LIMITS, os.environ.get("QUEUE_LIMITS")
+    saved = {k: os.environ.get(k) for k in ("QUEUE_LIMITS", "METER_URL")}
+    os.environ.update(QUEUE_LIMITS=LIMITS, METER_URL=meter)
     get_settings.cache_clear()
     try:
         bound_queues(app)
     finally:
-        os.environ["QUEUE_LIMITS"] = saved or ""
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
         get_settings.cache_clear()
     try:
         yield {"env": env, "app": app}
