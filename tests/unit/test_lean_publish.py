@@ -1,5 +1,8 @@
 """The publish path install() gives an app (tasks/backpressure/transports/lean.py): a queue
 is declared once per connection, as kombu would, and Flower sees the args it always saw."""
+import collections
+import enum
+
 import pytest
 from celery import Celery
 from celery.signals import before_task_publish
@@ -10,8 +13,13 @@ from tasks.backpressure.transports.lean import plain_repr
 
 FLAT = [(), {}, ("a@example.com", 0.02), [1, -2, None, True], {"n": 1, "to": "x y"},
         (10**30, 1e-9, float("inf"))]
+Color = enum.Enum("Color", {"RED": "red"}, type=str)
+Level = enum.IntEnum("Level", {"ONE": 1})
+Point = collections.namedtuple("Point", "x y")
 NOT_FLAT = [("it's",), ("é",), ("a\nb",), ("back\\slash",), ([1],), {"k": {"deep": 1}},
-            {1: "int key"}, (b"bytes",), ("x" * 2000,)]
+            {1: "int key"}, (b"bytes",), ("x" * 2000,),
+            # subclasses have a repr of their own, which saferepr does not use
+            (Color.RED,), (Level.ONE,), Point(1, 2), collections.OrderedDict(a=1)]
 
 
 @pytest.mark.parametrize("value", FLAT)

@@ -16,21 +16,23 @@ from __future__ import annotations
 
 from kombu.utils.objects import cached_property
 
-_PLAIN = (int, float, bool, type(None))
+# Exact types: a subclass (IntEnum, a str Enum, a namedtuple, OrderedDict) has a repr
+# of its own, which saferepr does not use.
+_PLAIN = frozenset({int, float, bool, type(None)})
 
 
 def _plain(value) -> bool:
-    if isinstance(value, str):
+    if type(value) is str:
         return value.isascii() and value.isprintable() and "'" not in value and "\\" not in value
-    return isinstance(value, _PLAIN)
+    return type(value) in _PLAIN
 
 
 def plain_repr(value, maxsize: int) -> str | None:
     """``repr(value)`` where it equals Celery's saferepr (flat, plain, short); else None."""
-    if isinstance(value, (tuple, list)):
+    if type(value) in (tuple, list):
         flat = all(_plain(v) for v in value)
-    elif isinstance(value, dict):
-        flat = all(isinstance(k, str) and _plain(k) and _plain(v) for k, v in value.items())
+    elif type(value) is dict:
+        flat = all(type(k) is str and _plain(k) and _plain(v) for k, v in value.items())
     else:
         return None
     if not flat:
