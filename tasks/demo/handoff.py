@@ -67,14 +67,6 @@ LONGEST_LOOK_S = 0.25
 log = get_logger(__name__)
 
 
-def publish_then_store(author_id: int, text: str) -> dict:
-    """Admit the fan-out of a new post, then store it; returns post_id and job_id.
-
-    Raises QueueFull or BrokerUnavailable (nothing written) or StoreFailed.
-    """
-    return store(author_id, text, admit())
-
-
 def admit() -> str:
     """Step 1: publish the fan-out of a post not yet stored; returns its job id.
 

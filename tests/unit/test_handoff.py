@@ -8,7 +8,7 @@ from sqlalchemy.exc import IntegrityError
 from tasks.demo import jobs
 from tasks.demo.db import engine
 from tasks.demo.errors import StoreFailed
-from tasks.demo.handoff import committed_job, publish_then_store
+from tasks.demo.handoff import admit, committed_job, store
 from tasks.demo.timeline import create_user, user_id
 
 
@@ -57,7 +57,7 @@ def test_the_worker_fences_a_job_never_committed_after_the_grace():
 
 
 def test_an_admitted_post_is_stored_with_its_job(author_id):
-    accepted = publish_then_store(author_id, "hello")
+    accepted = store(author_id, "hello", admit())  # the two steps POST /posts takes
     with engine().connect() as conn:
         job = jobs.get_job(conn, accepted["job_id"])
     assert job.post_id == accepted["post_id"] and job.state == jobs.QUEUED
