@@ -29,6 +29,7 @@ def bound_queues(celery_app: Celery) -> Guard:
     return install(celery_app, as_install_limits(parse_queue_limits(s.queue_limits)),
                    s.meter_redis_url, key_prefix=KEY_PREFIX,
                    rabbitmq_queue_type=s.rabbitmq_queue_type,
+                   rabbitmq_queue_version=s.rabbitmq_queue_version,
                    publish_timeout_s=s.publish_timeout_s, max_countdown_s=s.max_countdown_s)
 
 

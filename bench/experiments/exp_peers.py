@@ -13,7 +13,9 @@ Systems, each one worker process on the same broker (Redis db 10, the RabbitMQ v
 * **celery solo p64**: plain Celery's fastest setting (bench (e)): ``-P solo
   --prefetch-multiplier 64``, early acks. **celery prefork**: plain Celery's defaults.
 * **dramatiq**: current release, ``--processes 1`` with its default 8 threads; on
-  RabbitMQ with and without publisher confirms (``confirm_delivery``).
+  RabbitMQ with and without publisher confirms (``confirm_delivery``), and with confirms
+  on queues a policy makes classic queue version 2 (``dramatiq confirms cqv2``): the
+  version Floodgate declares, which Dramatiq leaves to the broker's default (1).
 * **rq**: current release, one ``rq worker`` (Redis only).
 
 The task increments a counter in Redis db 10; completion is read by polling it.
@@ -112,6 +114,9 @@ SYSTEMS = {
                               QUEUE], ("redis",), {}),
     "dramatiq confirms": ("dramatiq", ["dramatiq", "bench.experiments.exp_peers", "--processes", "1",
                                        "--queues", QUEUE], ("amqp",), {"PEERS_CONFIRM": "1"}),
+    "dramatiq confirms cqv2": ("dramatiq", ["dramatiq", "bench.experiments.exp_peers", "--processes",
+                                            "1", "--queues", QUEUE], ("amqp",),
+                               {"PEERS_CONFIRM": "1", "PEERS_CQV2": "1"}),
     "dramatiq no confirms": ("dramatiq", ["dramatiq", "bench.experiments.exp_peers", "--processes", "1",
                                           "--queues", QUEUE], ("amqp",), {"PEERS_CONFIRM": "0"}),
     "rq": ("rq", ["rq", "worker", "--url", REDIS_URL, QUEUE], ("redis",), {}),
@@ -251,8 +256,37 @@ def reset(broker: str) -> None:
                     pass
 
 
+CQV2_POLICY = "floodgate-bench-peers-cqv2"
+
+
+def _cqv2_policy(on: bool) -> None:
+    """A policy giving Dramatiq's queues classic queue version 2 (its own declarations
+    name no version), set for one round and cleared after it."""
+    if on:
+        _rabbitmqctl("set_policy", "-p", _env_mod.VHOST, CQV2_POLICY, rf"^{QUEUE}(\.DQ|\.XQ)?$",
+                     '{"queue-version": 2}', "--apply-to", "queues")
+    else:
+        _rabbitmqctl("clear_policy", "-p", _env_mod.VHOST, CQV2_POLICY)
+
+
+def _rabbitmqctl(*args: str) -> None:
+    subprocess.run(["rabbitmqctl", "-q", *args], capture_output=True, timeout=60)
+
+
 def one_round(broker: str, system: str, n: int, timeout_s: float) -> dict:
+    cqv2 = broker == "amqp" and os.environ.get("PEERS_CQV2") == "1"
     reset(broker)
+    if cqv2:
+        _cqv2_policy(True)
+    try:
+        return _one_round(broker, system, n, timeout_s)
+    finally:
+        if cqv2:
+            _cqv2_policy(False)
+            reset(broker)
+
+
+def _one_round(broker: str, system: str, n: int, timeout_s: float) -> dict:
     send, close = _submitter(system)
     # enqueue: no worker; drain: start one on the N queued
     enqueue_s = _submit(send, n)

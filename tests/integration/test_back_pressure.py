@@ -293,6 +293,20 @@ def test_the_backoff_helper_honours_retry_after_within_its_bounds(api, idle_app,
 
 
 @pytest.mark.skipif(__import__("tests.support").support.broker_kind() != "amqp",
+                    reason="queue versions are RabbitMQ's")
+def test_rabbitmq_holds_the_queues_as_classic_version_2(idle_app):
+    """What the broker itself reports for the queues install() declared."""
+    import subprocess
+
+    vhost = support.NAMESPACES["guard"][1]
+    out = subprocess.run(["rabbitmqctl", "-q", "--no-table-headers", "-p", vhost, "list_queues",
+                          "name", "arguments"], capture_output=True, text=True, check=True).stdout
+    fanout = next(line for line in out.splitlines() if line.split("\t")[0] == "fanout")
+    assert '{"x-queue-version",2}' in fanout.replace(" ", "")
+    assert '{"x-overflow","reject-publish"}' in fanout.replace(" ", "")
+
+
+@pytest.mark.skipif(__import__("tests.support").support.broker_kind() != "amqp",
                     reason="quorum queues are RabbitMQ's")
 def test_quorum_queues_refuse_honestly_but_may_overshoot_by_a_message():
     """Measured here: quorum queues admit limit+1 with one publisher (limit+2..3 with 24),

@@ -63,9 +63,27 @@ def test_install_declares_what_rabbitmq_needs():
     install(app, {"emails": 500, "reports": 20})
     args = {q.name: q.queue_arguments for q in app.conf.task_queues}
     assert args["emails"] == {"x-max-length": 500, "x-overflow": "reject-publish",
-                              "x-queue-type": "classic"}
+                              "x-queue-type": "classic", "x-queue-version": 2}
     assert args["reports"]["x-max-length"] == 20
     assert app.conf.broker_transport_options["confirm_publish"] is True
+
+
+def test_queue_version_is_classic_only_and_an_apps_own_wins():
+    from kombu import Queue
+
+    quorum = shop("amqp://guest:guest@127.0.0.1:1//")
+    install(quorum, {"emails": 5, "reports": 5}, rabbitmq_queue_type="quorum")
+    assert all("x-queue-version" not in q.queue_arguments for q in quorum.conf.task_queues)
+
+    default = shop("amqp://guest:guest@127.0.0.1:1//")
+    install(default, {"emails": 5, "reports": 5}, rabbitmq_queue_version=None)
+    assert all("x-queue-version" not in q.queue_arguments for q in default.conf.task_queues)
+
+    own = shop("amqp://guest:guest@127.0.0.1:1//",
+               task_queues=[Queue("emails", queue_arguments={"x-queue-version": 1})])
+    install(own, {"emails": 5, "reports": 5})
+    versions = {q.name: q.queue_arguments["x-queue-version"] for q in own.conf.task_queues}
+    assert versions == {"emails": 1, "reports": 2}
 
 
 @pytest.mark.parametrize("limits, unbounded, problem", [
