@@ -54,8 +54,13 @@ def api(env, log_dir, port: int) -> Part:
 
 def worker(env, log_dir, name="worker", queues="fanout,aggregation,default",
            pool: str | None = None, concurrency=2, extra=()) -> Part:
-    """A worker subprocess; ``pool=None`` runs Floodgate's default pool (tasks.pool)."""
+    """A worker subprocess; ``pool=None`` runs Floodgate's default pool (tasks.pool).
+
+    Without mingle: at start it asks the other workers for revoked ids and waits a
+    second for replies; no test relies on it, and tests start many workers."""
     options = ["-P", pool, "-c", str(concurrency)] if pool else []
+    if "--without-mingle" not in extra:
+        options.append("--without-mingle")
     return Part(name, [str(BIN / "celery"), "-A", "config", "worker", "-Q", queues,
                        *options, "-n", f"{name}@%h", "--loglevel=INFO", *extra], env, log_dir)
 

@@ -179,6 +179,33 @@ or stated as a limit. Figures are from this run unless a commit is named.
    of 3, a day the drain alone was 41-43 jobs/s): 10x completion 0.79 -> 0.94, 503 p99
    448 -> 123 ms, 202 p99 519 -> 275 ms; 3x completion 0.92 -> 0.94, p99 wait 1.56 -> 1.49 s
    (bound 1.62 s), 202 p99 48 -> 45 ms, 503 p99 13.5 ms both.
+
+12. **(peers) on RabbitMQ: a persistent message's confirm waited for classic queue
+   version 1's disk path, and py-amqp read every frame with three system calls.** A bare
+   py-amqp publish of a Celery-sized persistent message, waiting for its confirm, costs
+   764 us on a version-1 queue and 425 us on a version-2 one (0.56x; medians of 7
+   alternating rounds of 500, `python -m bench.experiments.exp_cqv2`). Both confirm only
+   once the message is on disk (RabbitMQ's confirms guide); version 2 is the one RabbitMQ
+   recommends from 3.13 on and the only one from 4.0. install() now declares classic
+   queues with `x-queue-version: 2` (`RABBITMQ_QUEUE_VERSION`; quorum queues refuse the
+   argument and get none). The worker's connection read each frame as header, payload and
+   end byte, three `recv` calls, nine per delivered message: `ReadAheadTCPTransport`
+   (tasks/backpressure/transports/amqp.py) takes what the socket holds, up to 64 KiB, and
+   parses from that buffer (tests/unit/test_read_ahead.py: the same frames as py-amqp's
+   from under a third of the reads). Worker drain of 12,000 queued tasks, the same code
+   with the read toggled, 3 alternating pairs: CPU per task 328-361 us against 367-404 us,
+   2,210-2,470 against 1,960-2,160 tasks/s; a lone publisher (one confirm per read) did not
+   change (661 against 671 us, 8 rounds). The (peers) table now has Dramatiq on version-2
+   queues too (a policy; its declarations name no version), so the two effects can be
+   told apart: Floodgate drains faster than every Dramatiq variant, but end to end it stays
+   behind, and further behind Dramatiq on the same queue version. End to end on two cores
+   the publisher, the worker and RabbitMQ share the CPU, and the publisher's CPU decides:
+   Floodgate's costs 453 us a message against Dramatiq's 207 us (/proc, 3,000 publishes),
+   its rate falling from 1,335/s alone to 753/s beside its worker (Dramatiq: 1,124 to 876).
+   That CPU is Celery's and kombu's publish path: wall shares of a lone publisher, py-spy
+   --idle, 5,000 sends: the confirm's wait 41 %, Celery's `send_task` around the publish
+   (routing, building the message, conf lookups, the result object) 23 %, py-amqp writing
+   the frames with Celery's 20 headers 11 %.
 """
 
 
