@@ -68,8 +68,9 @@ class Settings(BaseSettings):
         default="classic", description="quorum replicates queues across a RabbitMQ cluster"
     )
     rabbitmq_queue_version: int = Field(
-        default=2, ge=1, le=2, description="classic queues only; 2 confirms persistent messages sooner "
-        "(bench/RESULTS.md, finding 12); an existing queue keeps the version it was declared with"
+        default=2, ge=1, le=2,
+        description="classic queues only; 2 confirms persistent messages sooner (bench/RESULTS.md, "
+        "finding 12); an existing queue keeps the version it was declared with",
     )
     rabbitmq_consumer_timeout_s: int = Field(
         default=1800, ge=60, description="the broker's consumer_timeout (RabbitMQ default 30 min)"

@@ -101,6 +101,7 @@ elif ROLE == "dramatiq":  # dramatiq bench.experiments.exp_peers
                                    max_retries=0)
 
 
+DRAMATIQ = ["dramatiq", "bench.experiments.exp_peers", "--processes", "1", "--queues", QUEUE]
 #: name -> (role, worker argv after the program, brokers, extra env)
 SYSTEMS = {
     "floodgate": ("floodgate", ["celery", "-A", "config", "worker", "-Q", "fanout",
@@ -110,15 +111,11 @@ SYSTEMS = {
                         ("redis", "amqp"), {}),
     "celery prefork": ("celery", ["celery", "-A", "bench.experiments.exp_peers", "worker", "-Q",
                                   "bench_plain"], ("redis", "amqp"), {}),
-    "dramatiq": ("dramatiq", ["dramatiq", "bench.experiments.exp_peers", "--processes", "1", "--queues",
-                              QUEUE], ("redis",), {}),
-    "dramatiq confirms": ("dramatiq", ["dramatiq", "bench.experiments.exp_peers", "--processes", "1",
-                                       "--queues", QUEUE], ("amqp",), {"PEERS_CONFIRM": "1"}),
-    "dramatiq confirms cqv2": ("dramatiq", ["dramatiq", "bench.experiments.exp_peers", "--processes",
-                                            "1", "--queues", QUEUE], ("amqp",),
+    "dramatiq": ("dramatiq", DRAMATIQ, ("redis",), {}),
+    "dramatiq confirms": ("dramatiq", DRAMATIQ, ("amqp",), {"PEERS_CONFIRM": "1"}),
+    "dramatiq confirms cqv2": ("dramatiq", DRAMATIQ, ("amqp",),
                                {"PEERS_CONFIRM": "1", "PEERS_CQV2": "1"}),
-    "dramatiq no confirms": ("dramatiq", ["dramatiq", "bench.experiments.exp_peers", "--processes", "1",
-                                          "--queues", QUEUE], ("amqp",), {"PEERS_CONFIRM": "0"}),
+    "dramatiq no confirms": ("dramatiq", DRAMATIQ, ("amqp",), {"PEERS_CONFIRM": "0"}),
     "rq": ("rq", ["rq", "worker", "--url", REDIS_URL, QUEUE], ("redis",), {}),
 }
 CELERY_LEAN = ["--loglevel=WARNING", "--without-mingle", "--without-gossip"]

@@ -74,8 +74,8 @@ def install(app, limits: Mapping[str, int | str] | str, meter_url: str | None = 
         **(conf.broker_transport_options or {}), GUARD_OPTION: guard.id,
         **({"confirm_publish": True} if kind == "amqp" else {}),
     }
-    conf.task_queues = declared_queues(conf, parsed, kind,
-                                       rabbitmq_arguments(rabbitmq_queue_type, rabbitmq_queue_version))
+    arguments = rabbitmq_arguments(rabbitmq_queue_type, rabbitmq_queue_version)
+    conf.task_queues = declared_queues(conf, parsed, kind, arguments)
     _guard_amqp_helper(app)
     worker.connect(app, guard, frozenset(unbounded))
     return guard
