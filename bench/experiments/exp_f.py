@@ -31,7 +31,7 @@ import threading
 import time
 from pathlib import Path
 
-from bench.harness.env import OUT, ROOT
+from bench.harness.env import OUT, ROOT, rabbitmqctl
 from bench.harness.http_load import fetch_many, get, post
 from bench.harness.stats import percentile, rnd
 
@@ -273,17 +273,13 @@ class Stack:
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
-def _rabbitmqctl(*args: str) -> None:
-    subprocess.run(["rabbitmqctl", "-q", *args], capture_output=True, timeout=60)
-
-
 def prod_prepare() -> None:
     import psycopg
     import redis
 
-    _rabbitmqctl("delete_vhost", PROD_VHOST)
-    _rabbitmqctl("add_vhost", PROD_VHOST)
-    _rabbitmqctl("set_permissions", "-p", PROD_VHOST, "guest", ".*", ".*", ".*")
+    rabbitmqctl("delete_vhost", PROD_VHOST)
+    rabbitmqctl("add_vhost", PROD_VHOST)
+    rabbitmqctl("set_permissions", "-p", PROD_VHOST, "guest", ".*", ".*", ".*")
     redis.Redis.from_url(PROD_REDIS).flushdb()
     with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{PROD_DB}" WITH (FORCE)')
@@ -294,7 +290,7 @@ def prod_cleanup() -> None:
     import psycopg
     import redis
 
-    _rabbitmqctl("delete_vhost", PROD_VHOST)
+    rabbitmqctl("delete_vhost", PROD_VHOST)
     try:
         redis.Redis.from_url(PROD_REDIS).flushdb()
     except Exception:  # noqa: BLE001

@@ -260,14 +260,11 @@ def _cqv2_policy(on: bool) -> None:
     """A policy giving Dramatiq's queues classic queue version 2 (its own declarations
     name no version), set for one round and cleared after it."""
     if on:
-        _rabbitmqctl("set_policy", "-p", _env_mod.VHOST, CQV2_POLICY, rf"^{QUEUE}(\.DQ|\.XQ)?$",
-                     '{"queue-version": 2}', "--apply-to", "queues")
+        _env_mod.rabbitmqctl("set_policy", "-p", _env_mod.VHOST, CQV2_POLICY,
+                             rf"^{QUEUE}(\.DQ|\.XQ)?$", '{"queue-version": 2}',
+                             "--apply-to", "queues")
     else:
-        _rabbitmqctl("clear_policy", "-p", _env_mod.VHOST, CQV2_POLICY)
-
-
-def _rabbitmqctl(*args: str) -> None:
-    subprocess.run(["rabbitmqctl", "-q", *args], capture_output=True, timeout=60)
+        _env_mod.rabbitmqctl("clear_policy", "-p", _env_mod.VHOST, CQV2_POLICY)
 
 
 def one_round(broker: str, system: str, n: int, timeout_s: float) -> dict:

@@ -41,8 +41,12 @@ def phase_env(broker: str, queue_limits: str) -> dict[str, str]:
     return env
 
 
+def rabbitmqctl(*args: str) -> None:
+    """Run ``rabbitmqctl -q`` with these arguments; its output and exit code are ignored."""
+    subprocess.run(["rabbitmqctl", "-q", *args], capture_output=True, timeout=60)
+
+
 def ensure_vhost() -> None:
     """Create the bench vhost if missing (idempotent)."""
-    run = lambda *a: subprocess.run(["rabbitmqctl", "-q", *a], capture_output=True)  # noqa: E731
-    run("add_vhost", VHOST)
-    run("set_permissions", "-p", VHOST, "guest", ".*", ".*", ".*")
+    rabbitmqctl("add_vhost", VHOST)
+    rabbitmqctl("set_permissions", "-p", VHOST, "guest", ".*", ".*", ".*")
