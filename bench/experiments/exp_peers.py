@@ -17,12 +17,17 @@ Systems, each one worker process on the same broker (Redis db 10, the RabbitMQ v
   on queues a policy makes classic queue version 2 (``dramatiq confirms cqv2``): the
   version Floodgate declares, which Dramatiq leaves to the broker's default (1).
 * **rq**: current release, one ``rq worker`` (Redis only).
+* **floodgate bare publisher** (RabbitMQ): a diagnostic, not a way to use Floodgate.
+  Floodgate's worker and queue, and Celery's message, each published by py-amqp alone
+  instead of ``send_task`` (``exp_shape.bare_sender``): what Celery's and kombu's send
+  path costs, end to end.
 
 The task increments a counter in Redis db 10; completion is read by polling it.
 Measures, per round (rounds alternate the systems; medians reported):
 **enqueue** (N submits from one thread, no worker), **drain** (those N queued, start
 the worker: first to last completion, and from the worker's start), **end to end**
-(worker running, submit N from one thread: first submit to last completion).
+(worker running, submit N from one thread: first submit to last completion), and the
+CPU each process spent per task in it, read from /proc.
 Memory: peak RSS (``VmHWM``) of each worker process (prefork: parent and largest
 child) after its runs, and of Floodgate's API process after ``API_POSTS`` POST /posts.
 """
@@ -101,11 +106,12 @@ elif ROLE == "dramatiq":  # dramatiq bench.experiments.exp_peers
                                    max_retries=0)
 
 
+FLOODGATE = ["celery", "-A", "config", "worker", "-Q", "fanout",
+             "-I", "bench.experiments.exp_peers"]
 DRAMATIQ = ["dramatiq", "bench.experiments.exp_peers", "--processes", "1", "--queues", QUEUE]
 #: name -> (role, worker argv after the program, brokers, extra env)
 SYSTEMS = {
-    "floodgate": ("floodgate", ["celery", "-A", "config", "worker", "-Q", "fanout",
-                                "-I", "bench.experiments.exp_peers"], ("redis", "amqp"), {}),
+    "floodgate": ("floodgate", FLOODGATE, ("redis", "amqp"), {}),
     "celery solo p64": ("celery", ["celery", "-A", "bench.experiments.exp_peers", "worker", "-Q",
                                    "bench_plain", "-P", "solo", "--prefetch-multiplier", "64"],
                         ("redis", "amqp"), {}),
@@ -117,6 +123,9 @@ SYSTEMS = {
                                {"PEERS_CONFIRM": "1", "PEERS_CQV2": "1"}),
     "dramatiq no confirms": ("dramatiq", DRAMATIQ, ("amqp",), {"PEERS_CONFIRM": "0"}),
     "rq": ("rq", ["rq", "worker", "--url", REDIS_URL, QUEUE], ("redis",), {}),
+    # A diagnostic, not a way to use Floodgate: its worker and queue, with each message
+    # published by bare py-amqp instead of send_task (bench/experiments/exp_shape.py).
+    "floodgate bare publisher": ("floodgate", FLOODGATE, ("amqp",), {"PEERS_BARE": "1"}),
 }
 CELERY_LEAN = ["--loglevel=WARNING", "--without-mingle", "--without-gossip"]
 
@@ -138,6 +147,11 @@ def _submitter(system: str):
         from config import app as fg
 
         fg.conf.task_send_sent_event = False
+        if os.environ.get("PEERS_BARE") == "1":
+            from bench.experiments.exp_shape import bare_sender
+
+            send, _, close = bare_sender(fg, _env_mod.VHOST)
+            return send, close
         producer = fg.amqp.Producer(fg.connection_for_write(), auto_declare=True)
         send = lambda: fg.send_task("peers.incr", queue="fanout", ignore_result=True,  # noqa: E731
                                     producer=producer)
@@ -230,6 +244,41 @@ def _children(pid: int) -> list[int]:
     return out + [g for c in out for g in _children(c)]
 
 
+#: Processes whose CPU an end-to-end run is charged, besides the publisher (the driver).
+SERVERS = {"rabbitmq": "beam.smp", "redis": "redis-server"}
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_s(pids) -> float:
+    """User + system CPU seconds of these processes (/proc/<pid>/stat fields 14 and 15)."""
+    total = 0.0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / _TICK
+    return total
+
+
+def server_pids() -> dict[str, list[int]]:
+    """The processes of each server in SERVERS (``pgrep -x``)."""
+    found = {}
+    for name, program in SERVERS.items():
+        out = subprocess.run(["pgrep", "-x", program], capture_output=True, text=True,
+                             check=False)
+        found[name] = [int(p) for p in out.stdout.split()]
+    return found
+
+
+def _cpu_snapshot(worker_pid: int, servers: dict | None = None) -> tuple[dict, dict]:
+    """CPU seconds so far of the worker (with its children) and of each server process.
+    The servers are shared by everything on the machine: read them on an idle one."""
+    servers = server_pids() if servers is None else servers
+    return servers, {"worker": _cpu_s([worker_pid, *_children(worker_pid)]),
+                     **{name: _cpu_s(pids) for name, pids in servers.items()}}
+
+
 # --- one round of one system, in a fresh interpreter (settings are read once) ------------
 def _brokers():
     from bench.harness import broker as brokers  # imports config.queues: not at module level
@@ -289,14 +338,19 @@ def _one_round(broker: str, system: str, n: int, timeout_s: float) -> dict:
         drain = _wait_count(n, timeout_s, worker.started)
         # end to end: the worker is up and idle; submit N more while it runs
         _counter().set(COUNTER, 0)
-        start = time.perf_counter()
+        servers, before = _cpu_snapshot(worker.proc.pid)
+        start, submit_cpu = time.perf_counter(), time.process_time()
         submit_s = _submit(send, n)
+        submit_cpu = time.process_time() - submit_cpu
         e2e = _wait_count(n, timeout_s, start)
+        _, after = _cpu_snapshot(worker.proc.pid, servers)
         rss = worker.peak_rss_kb()
     finally:
         worker.stop()
         close()
-    out = {"enqueue_rate": n / enqueue_s, "e2e_submit_rate": n / submit_s, "rss": rss}
+    out = {"enqueue_rate": n / enqueue_s, "e2e_submit_rate": n / submit_s, "rss": rss,
+           "e2e_cpu_us": {"publisher": 1e6 * submit_cpu / n,
+                          **{k: 1e6 * (after[k] - before[k]) / n for k in before}}}
     if drain.get("last_s") is not None:
         span = drain["last_s"] - drain["first_s"]
         out.update(drain_rate=(n - 1) / span if span > 0 else None,
@@ -368,6 +422,7 @@ def _round_in_subprocess(broker: str, system: str, n: int, timeout_s: float) -> 
 
 
 MEASURES = ("enqueue_rate", "drain_rate", "drain_with_start_rate", "e2e_rate")
+CPU_PARTS = ("publisher", "worker", "rabbitmq", "redis")
 
 
 def run(broker: str, n: int = N, rounds: int = ROUNDS, systems: list[str] | None = None,
@@ -389,6 +444,9 @@ def run(broker: str, n: int = N, rounds: int = ROUNDS, systems: list[str] | None
         row["peak_rss_mb"] = rnd(max((x["rss"]["main_kb"] or 0 for x in ok), default=0) / 1024, 1)
         child = [x["rss"]["child_max_kb"] for x in ok if x["rss"]["child_max_kb"]]
         row["child_peak_rss_mb"] = rnd(max(child) / 1024, 1) if child else None
+        cpu = [x["e2e_cpu_us"] for x in ok if x.get("e2e_cpu_us")]
+        row["e2e_cpu_us"] = ({k: rnd(median([c[k] for c in cpu]), 0) for k in CPU_PARTS}
+                             if cpu else None)
         summary[system] = row
     api = api_peak_rss(broker, api_posts) if "floodgate" in names and api_posts else {}
     if api.get("peak_rss_kb"):
@@ -408,6 +466,17 @@ def section(r: dict) -> str:
             for name, v in r["median"].items()]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     lines += ["| " + " | ".join("" if c is None else str(c) for c in row) + " |" for row in rows]
+    cpu_rows = [[name, *(round(v["e2e_cpu_us"][k]) for k in CPU_PARTS),
+                 round(sum(v["e2e_cpu_us"].values()))]
+                for name, v in r["median"].items() if v.get("e2e_cpu_us")]
+    if cpu_rows:
+        head = ["system", *(f"{k} µs" for k in CPU_PARTS), "total µs"]
+        lines += ["", ("End to end, CPU per task by process (medians; publisher: the "
+                       "driver's CPU while it submits; worker: with its children; Redis also "
+                       "holds the counter on RabbitMQ). Two cores share this work, so the "
+                       "total sets the rate."),
+                  "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in cpu_rows]
     api = r.get("api") or {}
     api_txt = (f"Floodgate's API process (uvicorn api.main:app): peak RSS {api['peak_rss_mb']} MB "
                f"after {api['posts']} POST /posts (status codes {api['status_codes']})."

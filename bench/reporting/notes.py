@@ -205,12 +205,46 @@ or stated as a limit. Figures are from this run unless a commit is named.
    That CPU is Celery's and kombu's publish path: wall shares of a lone publisher, py-spy
    --idle, 5,000 sends: the confirm's wait 41 %, Celery's `send_task` around the publish
    (routing, building the message, conf lookups, the result object) 23 %, py-amqp writing
-   the frames with Celery's 20 headers 11 %.   End to end through the API, PostgreSQL, RabbitMQ and the worker ((f)'s `prod` stack,
+   the frames with Celery's 20 headers 11 %. End to end through the API, PostgreSQL, RabbitMQ
+   and the worker ((f)'s `prod` stack,
    `python -m bench.experiments.exp_f_ab --refs f64bced,f257dd9 --rounds 2 --stack prod`,
    medians of 2 alternating rounds, before against after): 3x completion 0.81 -> 0.90,
    202 p99 116 -> 50 ms, 503 p99 36 -> 24 ms, wait p99 1.56 -> 1.36 s (bound 0.99-1.04 s);
    10x completion 0.67 -> 0.87, 202 p99 495 -> 290 ms; 3,072 -> 3,462 refusals a second.
    Two rounds only; the direction held in every measure.
+
+13. **(peers) on RabbitMQ, end to end: Floodgate's worker and queue are ahead of Dramatiq;
+   the publish path through Celery's `send_task` and kombu is what is behind.** The (peers)
+   rounds now read from /proc the CPU each process spends per task end to end (the
+   publisher, the worker with its children, RabbitMQ, Redis), and run a diagnostic system,
+   `floodgate bare publisher`: Floodgate's worker and queue, fed Celery's own message (a
+   fresh id each) by py-amqp alone (`exp_shape.bare_sender`). In one run (N = 5,000,
+   medians of 3 alternating rounds, a slow day with drains near 1,000/s): Floodgate 526/s
+   end to end; Dramatiq with confirms 479/s (Floodgate 1.10x), on version-2 queues 763/s
+   (0.69x); the bare publisher into Floodgate's worker 1,043/s (1.37x Dramatiq on version-2
+   queues). CPU per task, end to end: the publisher 772 us through `send_task`, 299 us
+   bare, 417 us for Dramatiq's; RabbitMQ 948, 580 and 698 us; the worker 966, 730 and 844
+   us. So with the same worker, queue and message, the send path alone halves the rate. On
+   two cores the publisher's CPU is taken from the worker and the broker, and both spend
+   less per task when messages come faster (more of them share a wake-up; Erlang's
+   schedulers also busy-wait after each piece of work, `+sbwt`). `python -m
+   bench.experiments.exp_shape` splits a lone confirmed publish: client CPU per publish 626
+   us through `send_task`, 309 us for the same message from bare py-amqp, 211 us for
+   Dramatiq's message; RabbitMQ's CPU 490, 470 and 430 us; 590, 596 and 229 bytes (medians
+   of 5 alternating rounds of 2,000). The message format costs about 100 us of client CPU
+   and 40 us of the broker's; the send path costs more than twice that. In one process,
+   with the layers under `send_task` stubbed out in turn: 719 us whole, 280 us without
+   py-amqp's publish and confirm, 204 us without kombu's `Producer.publish` too (the three
+   `app.conf` reads `send_task` makes cost 20, 3 and 14 us: a setting missing from a config
+   module raises and catches two exceptions per probe). Floodgate's own code on that path
+   (the guard's wrapper, the refusal memo, the counters) is within the noise of these
+   figures. What the target needs is a publish path other than Celery's `send_task` and
+   kombu's `Producer`, and Floodgate installs into any Celery app through exactly those
+   (routing, publish signals, canvas, result backends), so issue 10's end-to-end target on
+   RabbitMQ is left blocked, with these figures. On Redis the same split: Floodgate 1,145/s
+   end to end against Dramatiq's 1,078/s (1.06x), drain 1,032 against 951/s (1.08x); CPU
+   per task 622 us publisher, 624 us worker, 194 us Redis (Dramatiq: 304, 808, 212). There
+   too Floodgate's publisher costs twice Dramatiq's, and its worker less.
 """
 
 
