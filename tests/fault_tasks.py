@@ -80,9 +80,9 @@ def holds_gil(key: str) -> None:
 
 @app.task(bind=True, name="tests.fault_tasks.timed", acks_late=True)
 def timed(self, key: str, seconds: float) -> None:
-    """Record how long this message waited between its publish and its start."""
+    """Record when this message was published and when it started ("sent started")."""
     sent_at = getattr(self.request, "fg_sent_at", None) or (self.request.headers or {}).get("fg_sent_at")
-    store().rpush(f"fgtest:waits:{key}", time.time() - float(sent_at))
+    store().rpush(f"fgtest:waits:{key}", f"{float(sent_at)} {time.time()}")
     time.sleep(seconds)
 
 

@@ -55,6 +55,7 @@ def test_row10_overload_refuses_at_the_limit_and_every_accepted_job_finishes(tmp
     worker = workers.start(tmp_path, queues="aggregation", concurrency=1)
     accepted, refused, depths = [], [], []
     stop = threading.Event()
+    submitters = 8
 
     def submitter():
         while not stop.is_set():
@@ -75,7 +76,8 @@ def test_row10_overload_refuses_at_the_limit_and_every_accepted_job_finishes(tmp
     accepted.append(1)
 
     try:
-        threads = [threading.Thread(target=submitter) for _ in range(8)] + [threading.Thread(target=sampler)]
+        threads = ([threading.Thread(target=submitter) for _ in range(submitters)]
+                   + [threading.Thread(target=sampler)])
         for t in threads:
             t.start()
         time.sleep(6)
@@ -87,12 +89,15 @@ def test_row10_overload_refuses_at_the_limit_and_every_accepted_job_finishes(tmp
                            "not every accepted job ran")
     finally:
         worker.stop()
-    waits = sorted(float(w) for w in store.lrange(f"fgtest:waits:{key}", 0, -1))
-    drain_per_s = len(accepted) / (6 + waits[-1])
+    runs = [tuple(map(float, r.split())) for r in store.lrange(f"fgtest:waits:{key}", 0, -1)]
     assert refused and min(refused) >= 1
     assert max(depths) <= limit
-    # an accepted job waits at most for the queue ahead of it: limit / drain rate (+ slack)
-    assert waits[int(len(waits) * 0.99) - 1] <= 1.5 * limit / drain_per_s + 1.0
+    # An accepted job waits only for the queue ahead of it, counted in jobs, not seconds (a
+    # stalled broker or machine stretches the seconds; CI saw one of 9.6 s): the jobs that
+    # started while it waited are at most the limit, plus the worker's prefetched one and
+    # its running one, plus the other submitters' publishes in flight beside its own.
+    ahead = sorted(sum(sent < other < started for _, other in runs) for sent, started in runs)
+    assert ahead[int(len(ahead) * 0.99) - 1] <= limit + 2 + (submitters - 1)
 
 
 def test_row12_13_bad_input_publishes_nothing_and_writes_nothing(api, idle_app, monkeypatch):
