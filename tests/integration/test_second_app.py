@@ -109,7 +109,7 @@ def test_a_worker_of_its_own_drains_it_and_retry_after_follows_its_own_rate(shop
     ], env, tmp_path)
     try:
         wait_for(lambda: "ready." in worker.output(), 30, "the shop worker never became ready")
-        rate = backlogged_rate(shop, warm_s=5, timeout_s=20)
+        rate = backlogged_rate(shop, warm_s=5, timeout_s=40)
         with pytest.raises(QueueFull) as full:
             for _ in range(2 * shop.EMAILS_LIMIT):
                 shop.send_email.delay("someone@example.com", 0.02)
