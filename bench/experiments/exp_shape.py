@@ -104,7 +104,6 @@ def run(n: int = 2000, rounds: int = 5) -> dict:
             for way in names[r % 3:] + names[:r % 3]:
                 per[way].append(_measure(ways[way], n, channel))
         pieces = [send_path_pieces(ways[names[0]], n) for _ in range(rounds)]
-        channel.queue_purge(QUEUE)
         conf = {key: _cpu_us(lambda k=key: getattr(app.conf, k), 20 * n) for key in CONF_READS}
     finally:
         channel.queue_purge(QUEUE)
