@@ -16,12 +16,14 @@ $(BIN)/python:
 	$(BIN)/pip install --quiet --upgrade pip
 
 # `make up` installs only what running needs; tests and benchmarks add theirs.
-$(UP_STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e '.[dev]'
+# The app depends on the library celery-floodgate (lib/), installed from lib/ in the same
+# pip run, as any other project would install it from an index.
+$(UP_STAMP): pyproject.toml lib/pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e ./lib -e '.[dev]'
 	touch $@
 
-$(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e '.[dev,test,bench,sqs]'
+$(STAMP): pyproject.toml lib/pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e ./lib -e '.[dev,test,bench,sqs]'
 	touch $@ $(UP_STAMP)
 
 install: $(STAMP)

@@ -14,7 +14,7 @@ from api.routes import aggregates, jobs, ops, posts, users
 from config.logging import configure_api_logging
 from config.settings import get_settings
 from tasks.demo.db import engine
-from tasks.backpressure import BrokerUnavailable, QueueFull
+from celery_floodgate import BrokerUnavailable, QueueFull
 from tasks.demo.errors import JobNotFound, NameTaken, StoreFailed, UnknownUser
 
 settings = get_settings()

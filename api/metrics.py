@@ -31,8 +31,8 @@ from sqlalchemy import func, select
 from config import app
 
 # Everything this module takes from tasks/, in one place: nothing else here names tasks.*.
-from tasks.backpressure.guard import ACCEPTED, REFUSED
-from tasks.backpressure.stats import guard_for, queue_stats
+from celery_floodgate.metrics import ACCEPTED, REFUSED
+from celery_floodgate import guard_for, queue_stats
 from tasks.demo.db import engine
 from tasks.demo.models import jobs
 

@@ -9,7 +9,7 @@ import config.logging  # noqa: F401 - LOG_FORMAT and job ids on log lines (Celer
 from config.flower import secure_flower
 from config.queues import KEY_PREFIX, as_install_limits, parse_queue_limits
 from config.settings import get_settings
-from tasks.backpressure import Guard, install
+from celery_floodgate import Guard, install
 from tasks.runtime.prefetch import PerQueuePrefetch, use_floodgate_pool
 from tasks.runtime.results import rerunnable_chords
 

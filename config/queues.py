@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from tasks.backpressure.limits import Limit, parse_limit, parse_limits
+from celery_floodgate import Limit, parse_limit, parse_limits
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from config.queues import DEFAULT_LIMITS, parse_queue_limits
-from tasks.backpressure.install import broker_kind
+from celery_floodgate import broker_kind
 
 #: SQS's longest visibility timeout.
 SQS_MAX_VISIBILITY_S = 43_200

@@ -6,7 +6,7 @@
 
 Per queue: depth, limit (a length, or a wait limit and the length it allows now),
 drain rate, accepted and refused in the last minute (across every submitting
-process: tasks/backpressure/submits.py), and the age of the oldest message (Redis
+process: lib/src/celery_floodgate/submits.py), and the age of the oldest message (Redis
 only). Then each worker and the queues it consumes (``inspect().active_queues()``,
 1 s timeout), and when beat last sent each schedule entry (scheduler/heartbeat.py,
 the heartbeat file beside beat's schedule file: ``$FLOODGATE_VAR_DIR/beat-heartbeat``
@@ -31,13 +31,12 @@ INSPECT_TIMEOUT_S = 1.0
 def collect(app, heartbeat_path: str | None = None) -> dict:
     """Every figure the screen shows, as plain data."""
     from scheduler import heartbeat
-    from tasks.backpressure import submits
-    from tasks.backpressure.stats import guard_for, queue_stats
+    from celery_floodgate import guard_for, queue_stats, recent_counts
 
     guard = guard_for(app)
     stats = queue_stats(app)
     try:
-        counts = submits.last_minute(guard.meter, stats) if guard is not None else {}
+        counts = recent_counts(app) if guard is not None else {}
     except Exception:  # noqa: BLE001 - the meter's Redis down: counts unknown, not an error
         counts = {}
     queues = {}

@@ -10,7 +10,7 @@ from config.settings import get_settings
 from scheduler.aggregation import aggregate_window, closed_windows
 from tasks.demo import jobs
 from tasks.demo.db import engine
-from tasks.backpressure import QueueFull
+from celery_floodgate import QueueFull
 from tasks.demo.submit import submit
 
 log = get_task_logger(__name__)

@@ -1,6 +1,6 @@
-"""Floodgate's tasks, in three layers whose imports point one way:
+"""Floodgate's tasks, in two layers on the library, whose imports point one way:
 
-- :mod:`tasks.backpressure`: bounded queues for any Celery app (the library).
+- The back pressure itself is the library :mod:`celery_floodgate` (``lib/``), a dependency.
 - :mod:`tasks.runtime`: Floodgate's worker runtime (pool, base task), uses the library.
 - :mod:`tasks.demo`: the demo domain (posts, timelines, fan-out), uses both.
 

@@ -11,7 +11,7 @@ import time
 
 from celery import Celery
 
-from tasks.backpressure import install
+from celery_floodgate import install
 
 EMAILS_LIMIT = 40
 REPORTS_WAIT = "30s"

@@ -13,7 +13,7 @@ from api import authors
 from api.schemas import PostAccepted, PostIn, PostsBatchIn, PostsBatchResult
 from config.settings import get_settings
 from tasks.demo.db import engine
-from tasks.backpressure import guard_for
+from celery_floodgate import guard_for
 from tasks.demo.handoff import FANOUT, admit, publish_then_store_many, store
 from tasks.demo.models import users
 
@@ -30,7 +30,7 @@ async def post_post(body: PostIn, response: Response) -> dict:
     Admission comes first and touches no table, so a 503 for a full queue costs at
     most one broker round trip and leaves nothing behind; a 202 is sent after the
     post and its job are committed (tasks/demo/handoff.py says why that is safe).
-    While the broker's last refusal holds (tasks/backpressure/memo.py), a known
+    While the broker's last refusal holds (lib/src/celery_floodgate/memo.py), a known
     author's post is refused right here, without a thread or a round trip; a few
     threads at a time publish, and a few store (``slots``).
     """

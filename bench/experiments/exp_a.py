@@ -40,7 +40,7 @@ def _publish(app, queue: str, n: int) -> float:
 
 def _refusals(app, send, n: int) -> float:
     """Milliseconds per refused publish to the full ``aggregation`` queue (limit 5)."""
-    from tasks.backpressure import QueueFull
+    from celery_floodgate import QueueFull
 
     start = time.perf_counter()
     for _ in range(n):

@@ -5,7 +5,7 @@ of Floodgate's app from one thread, both ways, in alternating order:
 
 * single - ``app.send_task`` per job (what ``.delay()`` does): one broker round trip
   each (Redis: admit.lua; RabbitMQ: publish, then wait for its confirm).
-* batch  - ``tasks.backpressure.batch.submit_many`` with ``batch`` jobs per call
+* batch  - ``celery_floodgate.batch.submit_many`` with ``batch`` jobs per call
   (Redis: one admit_many.lua call per call; RabbitMQ: all published, confirms
   awaited once).
 * 4 threads - four publishers, ``send_task`` per job each, each on its own pooled
@@ -59,7 +59,7 @@ def _threads(app, n: int, threads: int = 4) -> float:
 
 
 def _batch(app, n: int, size: int) -> float:
-    from tasks.backpressure.batch import submit_many
+    from celery_floodgate.batch import submit_many
 
     start = time.perf_counter()
     for first in range(0, n, size):
@@ -92,7 +92,7 @@ def phase_exact(params: dict) -> dict:
     """Fill to limit - 100, then 8 concurrent batches of 100."""
     import os
 
-    from tasks.backpressure.batch import submit_many
+    from celery_floodgate.batch import submit_many
 
     broker = os.environ["BENCH_BROKER"]
     app = floodgate_app()

@@ -1,7 +1,7 @@
 """(c) Honest Retry-After: the same overload, but clients obey Retry-After.
 
 A population of client threads (bench.harness.clients) whose unthrottled demand is
-3x the measured capacity submits through tasks.backpressure.call_with_backoff.
+3x the measured capacity submits through celery_floodgate.call_with_backoff.
 Measured: how long the workers sat idle while refused clients were waiting
 to retry, and retries per accepted job.
 """
@@ -19,7 +19,7 @@ from bench.harness.load import Sampler
 from bench.harness.procs import run_phase
 from bench.harness.producers import Producers
 from bench.harness.stats import merged, percentile, rnd
-from tasks.backpressure import QueueFull
+from celery_floodgate import QueueFull
 
 LIMIT = 200
 BURST = 800
@@ -80,8 +80,8 @@ def phase_clients(params: dict) -> dict:
 
 def broker_room(app, limit: int) -> int:
     """The limit less what workers may hold prefetched (counted on Redis: the guard's room)."""
-    from tasks.backpressure import guard_for
-    from tasks.backpressure.transports import broker_id
+    from celery_floodgate import guard_for
+    from celery_floodgate.transports import broker_id
 
     with app.connection_for_write() as conn:
         room = guard_for(app).room_in_broker(QUEUE, broker_id(conn), limit)

@@ -28,7 +28,7 @@ SETTLE_S = 5.0
 
 def _probes(depth):
     from config import app
-    from tasks.backpressure import guard_for
+    from celery_floodgate import guard_for
 
     guard = guard_for(app)
     limit = guard.limit_for(QUEUE)

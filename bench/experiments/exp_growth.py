@@ -54,7 +54,7 @@ def _pct(values: list[float], q: float) -> float | None:
 
 def phase_latency(params: dict) -> dict:
     """One submit at a time from empty to full; then refusals at the limit."""
-    from tasks.backpressure import QueueFull
+    from celery_floodgate import QueueFull
 
     broker, limit = os.environ["BENCH_BROKER"], params["limit"]
     app = floodgate_app()
@@ -82,7 +82,7 @@ def phase_latency(params: dict) -> dict:
 
 
 def phase_fill(params: dict) -> dict:
-    from tasks.backpressure.batch import submit_many
+    from celery_floodgate.batch import submit_many
 
     broker, n = os.environ["BENCH_BROKER"], params["n"]
     app = floodgate_app()
@@ -111,7 +111,7 @@ def phase_drain(params: dict) -> dict:
     """Resume the stopped workers, sample the depth until empty; probe submissions meanwhile."""
     import signal
 
-    from tasks.backpressure import QueueFull
+    from celery_floodgate import QueueFull
 
     broker, timeout_s = os.environ["BENCH_BROKER"], params["timeout_s"]
     app = floodgate_app()

@@ -49,7 +49,7 @@ def bare_sender(app, vhost: str):
     import amqp
     from kombu.utils.uuid import uuid
 
-    from tasks.backpressure.transports.redis import SENT_AT_HEADER
+    from celery_floodgate.transports.redis import SENT_AT_HEADER
 
     template = _celery_message(app)
     conn = amqp.Connection("127.0.0.1:5672", userid="guest", password="guest",

@@ -52,7 +52,7 @@ def guarded_app(limit: int, name: str):
     from celery import Celery
 
     from config.settings import get_settings
-    from tasks.backpressure import install
+    from celery_floodgate import install
 
     app = Celery(name, set_as_current=False)
     app.config_from_object("config.celeryconfig")
@@ -62,8 +62,8 @@ def guarded_app(limit: int, name: str):
 
 
 def _handles(app):
-    from tasks.backpressure import guard_for
-    from tasks.backpressure.transports.sqs import admitted_key
+    from celery_floodgate import guard_for
+    from celery_floodgate.transports.sqs import admitted_key
 
     with app.connection_for_write() as conn:
         channel = conn.default_channel
@@ -73,7 +73,7 @@ def _handles(app):
 
 
 def _total(sqs, url) -> int:
-    from tasks.backpressure.transports.sqs import sqs_total
+    from celery_floodgate.transports.sqs import sqs_total
 
     return sqs_total(sqs, url)
 
@@ -84,7 +84,7 @@ def _empty(sqs, url, client, key) -> None:
 
 
 def overshoot(submitters: int, limit: int, duration_s: float) -> dict:
-    from tasks.backpressure import QueueFull
+    from celery_floodgate import QueueFull
 
     app = guarded_app(limit, f"s{submitters}")
     client, key, sqs, url = _handles(app)

@@ -1,4 +1,4 @@
-"""A population of clients that obey Retry-After through tasks.backpressure.call_with_backoff.
+"""A population of clients that obey Retry-After through celery_floodgate.call_with_backoff.
 
 Each client is a thread that loops: think, then submit one job with
 ``call_with_backoff`` (bounded by ``max_attempts`` and ``max_total_s``).
@@ -14,8 +14,8 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from tasks.backpressure.client import call_with_backoff
-from tasks.backpressure import QueueFull
+from celery_floodgate.client import call_with_backoff
+from celery_floodgate import QueueFull
 
 
 class RunOver(Exception):

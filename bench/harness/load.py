@@ -5,7 +5,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from tasks.backpressure import QueueFull
+from celery_floodgate import QueueFull
 
 
 class Sampler(threading.Thread):

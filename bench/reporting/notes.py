@@ -31,7 +31,7 @@ METHOD = """## How the experiments run
   separately, with a p99 that counts them at the wait they had reached at the cut (a lower
   bound). Throughput counts jobs started during the 60 s offer.
 * **(c)** a closed population of client threads (`bench/clients.py`): each thinks
-  0.5-1.5 s (mean 1 s), then submits one job through `tasks.backpressure.call_with_backoff`
+  0.5-1.5 s (mean 1 s), then submits one job through `celery_floodgate.call_with_backoff`
   with `max_attempts=8`, `max_total_s=30` (other arguments default), and loops. The
   population is 3 x capacity x 1 s threads (a few hundred), so its unthrottled demand is 3x
   capacity. A sustained open-loop 3x arrival stream cannot be the test here: two thirds
@@ -65,15 +65,15 @@ Earlier runs of this bench found the defects below in the core code; each is now
 or stated as a limit. Figures are from this run unless a commit is named.
 
 1. **A refusal reconnected to the broker** (kombu's `Producer.__exit__` replaces a pooled
-   connection on any exception). Fixed: `tasks/backpressure/transports/producers.py` keeps the connection
-   when the exception is a refusal (`tasks.backpressure.Refused`). Cost of one refusal through
+   connection on any exception). Fixed: `lib/src/celery_floodgate/transports/producers.py` keeps the connection
+   when the exception is a refusal (`celery_floodgate.Refused`). Cost of one refusal through
    `send_task`'s pooled producer now: {refusal}, against {held} with a producer the caller
    holds (before the fix: 15.2 ms Redis, 8.5 ms RabbitMQ).
 
 2. **Messages prefetched by workers were outside every bound.** Wait to start = (ready +
    prefetched) / drain rate. Fixed on Redis: every worker reports its prefetch window per
    queue with the meter flush, and the admit script's bound is the limit less the live
-   workers' windows (never below half the limit; `tasks/backpressure/guard.py` `room_in_broker`). On
+   workers' windows (never below half the limit; `lib/src/celery_floodgate/guard.py` `room_in_broker`). On
    RabbitMQ `x-max-length` counts ready messages only, so there a limit bounds the ready
    messages and each consumer adds up to its prefetch (README, limits table). History of
    (b)/(d) against the fanout prefetch:
@@ -164,7 +164,7 @@ or stated as a limit. Figures are from this run unless a commit is named.
    publish before finding the queue in the connection's cache; Celery's `saferepr` built
    `argsrepr`/`kwargsrepr` with a streaming pretty-printer; and install() had swapped the
    class of an AMQP helper whose message builders were already bound, so none of our
-   overrides saw them. `tasks/backpressure/transports/lean.py` looks the queue up first
+   overrides saw them. `lib/src/celery_floodgate/transports/lean.py` looks the queue up first
    (kombu's own check, without the copy) and uses `repr` for flat plain args (the same
    text; tests/unit/test_lean_publish.py); redis-py now parses with hiredis. Cost of one
    `send_task`, medians of 3 alternating runs of 3,000 (2,000 on RabbitMQ), the commit
@@ -190,7 +190,7 @@ or stated as a limit. Figures are from this run unless a commit is named.
    queues with `x-queue-version: 2` (`RABBITMQ_QUEUE_VERSION`; quorum queues refuse the
    argument and get none). The worker's connection read each frame as header, payload and
    end byte, three `recv` calls, nine per delivered message: `ReadAheadTCPTransport`
-   (tasks/backpressure/transports/amqp.py) takes what the socket holds, up to 64 KiB, and
+   (lib/src/celery_floodgate/transports/amqp.py) takes what the socket holds, up to 64 KiB, and
    parses from that buffer (tests/unit/test_read_ahead.py: the same frames as py-amqp's
    from under a third of the reads). Worker drain of 12,000 queued tasks, the same code
    with the read toggled, 3 alternating pairs: CPU per task 328-361 us against 367-404 us,

@@ -1,6 +1,6 @@
 """The demo's errors, beside the back-pressure ones they extend.
 
-    BackpressureError (tasks.backpressure.errors: QueueFull, BrokerUnavailable, ...)
+    BackpressureError (celery_floodgate.errors: QueueFull, BrokerUnavailable, ...)
      └── FloodgateError
           ├── StoreFailed          the job was admitted but its rows could not be stored
           ├── JobNotFound          no job was ever issued with that id
@@ -9,7 +9,7 @@
 """
 from __future__ import annotations
 
-from tasks.backpressure.errors import BackpressureError
+from celery_floodgate import BackpressureError
 
 
 class FloodgateError(BackpressureError):

@@ -17,7 +17,7 @@ from config.settings import get_settings
 from tasks.demo import jobs
 from tasks.demo.db import engine
 from tasks.runtime.base import FloodgateTask
-from tasks.backpressure import BrokerUnavailable, QueueFull
+from celery_floodgate import BrokerUnavailable, QueueFull
 from tasks.demo.handoff import committed_job
 from tasks.demo.notify import notify
 from tasks.demo.timeline import chunked, deliver, follower_ids, post_row

@@ -128,7 +128,7 @@ def publish_then_store_many(items: list[tuple[int, str]]) -> list[dict]:
     ``{"post_id", "job_id"}`` or ``{"refused": QueueFull}`` (nothing written for it).
     Raises BrokerUnavailable (nothing written) or StoreFailed (nothing kept).
     """
-    from tasks.backpressure.batch import submit_many
+    from celery_floodgate import submit_many
 
     job_ids = [str(uuid.uuid4()) for _ in items]
     batch = submit_many(submit_module.app, FANOUT_TASK, [(j,) for j in job_ids],

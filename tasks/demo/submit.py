@@ -12,7 +12,7 @@ from kombu.exceptions import KombuError, OperationalError
 
 from config import app
 from config.queues import DEFAULT, ROUTES
-from tasks.backpressure import BrokerUnavailable, QueueFull
+from celery_floodgate import BrokerUnavailable, QueueFull
 
 
 def queue_of(task_name: str) -> str:

@@ -13,7 +13,7 @@ import redis
 from celery import Task
 from celery.exceptions import Reject
 
-from tasks.backpressure import BackpressureError, Refused, guard_for
+from celery_floodgate import BackpressureError, Refused, guard_for
 
 COUNTER_TTL_S = 24 * 3600
 DEFAULT_MAX_REDELIVERIES = 3

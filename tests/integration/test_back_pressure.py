@@ -5,10 +5,10 @@ import pytest
 import redis
 
 from config.queues import KEY_PREFIX
-from tasks.backpressure import QueueFull, guard_for
-from tasks.backpressure import guard as guard_module
-from tasks.backpressure.limits import RETRY_AFTER_UNMEASURED_S, Keys
-from tasks.backpressure.transports import broker_id
+from celery_floodgate import QueueFull, guard_for
+from celery_floodgate import guard as guard_module
+from celery_floodgate.limits import RETRY_AFTER_UNMEASURED_S, Keys
+from celery_floodgate.transports import broker_id
 from tasks.demo.models import posts, timeline_entries
 from tests import support
 from tests.integration.helpers import count, make_following
@@ -36,7 +36,7 @@ def forget_rates() -> None:
 
 
 def depth(app, queue="fanout") -> int:
-    from tasks.backpressure.stats import depth as broker_depth
+    from celery_floodgate.stats import depth as broker_depth
 
     found = broker_depth(app, queue)
     assert found is not None, "the broker did not answer"
@@ -120,7 +120,7 @@ def test_messages_prefetched_by_workers_count_against_the_limit(idle_app):
 def test_a_flush_marks_backlogged_seconds_and_reports_the_window():
     import time
 
-    from tasks.backpressure.meter import DrainCounter
+    from celery_floodgate.meter import DrainCounter
 
     held_by_workers = main_guard().meter.held_by_workers
     counter, depths = DrainCounter(main_guard().meter), {"fanout": 7, "quiet-test": 0}
@@ -267,7 +267,7 @@ def test_the_backoff_helper_honours_retry_after_within_its_bounds(api, idle_app,
     import time
 
     import tasks.demo.submit
-    from tasks.backpressure.client import post_with_backoff
+    from celery_floodgate.client import post_with_backoff
 
     author, _ = make_following(api, followers=0)
     monkeypatch.setattr(tasks.demo.submit, "app", idle_app)
@@ -315,7 +315,7 @@ def test_quorum_queues_refuse_honestly_but_may_overshoot_by_a_message():
 
     from config.queues import as_install_limits, parse_queue_limits
     from config.settings import get_settings
-    from tasks.backpressure import install
+    from celery_floodgate import install
 
     support.reset_namespace("quorum")  # a vhost of its own: quorum is not our default
     idle_app = Celery("floodgate-quorum", set_as_current=False)

@@ -1,4 +1,4 @@
-"""Batch submission (tasks/backpressure/batch.py, POST /posts:batch): one call, many jobs,
+"""Batch submission (lib/src/celery_floodgate/batch.py, POST /posts:batch): one call, many jobs,
 the limit honoured exactly, refusals reported per item, nothing written for them."""
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -7,8 +7,8 @@ from celery.result import AsyncResult
 from sqlalchemy.exc import OperationalError
 
 from api.schemas import BATCH_MAX
-from tasks.backpressure import QueueFull
-from tasks.backpressure.batch import submit_many
+from celery_floodgate import QueueFull
+from celery_floodgate.batch import submit_many
 from tasks.demo import jobs
 from tasks.demo.db import engine
 from tasks.demo.models import jobs as jobs_table

@@ -11,7 +11,7 @@ import uuid
 import pytest
 from celery import Celery, chord
 
-from tasks.backpressure import QueueFull
+from celery_floodgate import QueueFull
 from tests import support
 from tests.integration import workers
 from tests.integration.workers import counter, wait_until

@@ -6,8 +6,8 @@ import uuid
 import pytest
 import redis
 
-from tasks.backpressure import QueueFull
-from tasks.backpressure import EtaTooFar
+from celery_floodgate import QueueFull
+from celery_floodgate import EtaTooFar
 from tasks.demo.models import posts, timeline_entries
 from tests import support
 from tests.integration import workers

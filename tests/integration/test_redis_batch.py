@@ -1,5 +1,5 @@
 """Redis: a worker takes a batch per round trip and acks in batches
-(tasks/backpressure/transports/redis_consume.py), and still loses nothing.
+(lib/src/celery_floodgate/transports/redis_consume.py), and still loses nothing.
 
 Worker subprocesses on the 'faults' namespace, killed by their PID. (c) reads Redis'
 INFO commandstats, so it needs a Redis of its own (FLOODGATE_TEST_REDIS).

@@ -9,8 +9,8 @@ import redis
 from celery import Celery
 from kombu.transport import TRANSPORT_ALIASES
 
-from tasks.backpressure import QueueFull
-from tasks.backpressure.stats import depth
+from celery_floodgate import QueueFull
+from celery_floodgate.stats import depth
 from tests import processes, support
 from tests.integration.helpers import wait_for
 
@@ -65,7 +65,7 @@ def test_the_second_app_gets_exact_limits_under_concurrent_submitters(shop):
 
 def test_other_apps_in_the_process_are_unaffected(shop):
     from config import app as floodgate
-    from tasks.backpressure import guard_for
+    from celery_floodgate import guard_for
 
     assert TRANSPORT_ALIASES["redis"] == "kombu.transport.redis:Transport"
     assert TRANSPORT_ALIASES["amqp"] == "kombu.transport.pyamqp:Transport"
@@ -87,7 +87,7 @@ def test_other_apps_in_the_process_are_unaffected(shop):
 
 @pytest.mark.skipif(support.broker_kind() != "redis", reason="a wait limit needs the Redis broker")
 def test_a_wait_limit_admits_a_bootstrap_length_until_a_rate_is_measured(shop):
-    from tasks.backpressure.limits import WAIT_LIMIT_BOOTSTRAP_LENGTH
+    from celery_floodgate.limits import WAIT_LIMIT_BOOTSTRAP_LENGTH
 
     empty(shop)
     accepted = 0

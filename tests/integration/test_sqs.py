@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import redis
 
-from tasks.backpressure import QueueFull, guard_for
+from celery_floodgate import QueueFull, guard_for
 from tasks.demo.models import timeline_entries
 from tests import support
 from tests.integration.helpers import count, make_following, wait_for
@@ -23,7 +23,7 @@ LIMIT = 200  # QUEUE_LIMITS in conftest: fanout=200
 
 def admission(app, queue="fanout"):
     """(redis client, admission set key, SQS client, queue URL) of ``app``'s queue."""
-    from tasks.backpressure.transports.sqs import admitted_key
+    from celery_floodgate.transports.sqs import admitted_key
 
     guard = guard_for(app)
     with app.connection_for_write() as conn:
@@ -34,7 +34,7 @@ def admission(app, queue="fanout"):
 
 
 def sqs_total(sqs, url) -> int:
-    from tasks.backpressure.transports.sqs import sqs_total as total
+    from celery_floodgate.transports.sqs import sqs_total as total
 
     return total(sqs, url)
 
@@ -134,7 +134,7 @@ def test_a_message_whose_worker_died_comes_back_and_counts_once(idle_app):
 
 
 def test_the_reconciler_repairs_drift_seen_twice(idle_app):
-    from tasks.backpressure.transports.sqs import Reconciler
+    from celery_floodgate.transports.sqs import Reconciler
 
     client, key, sqs, url = admission(idle_app)
     for _ in range(3):
@@ -172,7 +172,7 @@ def small_app(limit: int):
 
     from config.queues import KEY_PREFIX
     from config.settings import get_settings
-    from tasks.backpressure import install
+    from celery_floodgate import install
 
     app = Celery("floodgate-small", set_as_current=False)
     app.config_from_object("config.celeryconfig")
@@ -250,7 +250,7 @@ def test_a_send_sqs_refuses_takes_its_admission_back(idle_app, monkeypatch):
 
 
 def test_the_meter_redis_down_refuses_as_broker_unavailable(idle_app, monkeypatch):
-    from tasks.backpressure import BrokerUnavailable
+    from celery_floodgate import BrokerUnavailable
 
     guard = guard_for(idle_app)
     monkeypatch.setattr(guard.meter, "_client",

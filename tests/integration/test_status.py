@@ -64,7 +64,7 @@ def loaded(tmp_path):
 
 def submit(app, n: int) -> tuple[int, int]:
     """Submit ``n`` fan-outs nobody consumes; returns (accepted, refused)."""
-    from tasks.backpressure import QueueFull
+    from celery_floodgate import QueueFull
 
     accepted = refused = 0
     for _ in range(n):

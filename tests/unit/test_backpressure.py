@@ -8,17 +8,17 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from celery import Celery
 
-from tasks.backpressure import EtaTooFar, NotInstalled, install, parse_limits
-from tasks.backpressure.guard import Guard, clamp, room, wait_bound
-from tasks.backpressure.limits import (
+from celery_floodgate import EtaTooFar, NotInstalled, install, parse_limits
+from celery_floodgate.guard import Guard, clamp, room, wait_bound
+from celery_floodgate.limits import (
     RETRY_AFTER_MAX_S,
     RETRY_AFTER_UNMEASURED_S,
     WAIT_LIMIT_BOOTSTRAP_LENGTH,
     Keys,
     Limit,
 )
-from tasks.backpressure.meter import busy_rate
-from tasks.backpressure.transports import GUARD_OPTION
+from celery_floodgate.meter import busy_rate
+from celery_floodgate.transports import GUARD_OPTION
 
 
 def test_importing_the_package_changes_nothing_and_needs_no_environment():
@@ -27,7 +27,7 @@ import json, sys
 from kombu.transport import TRANSPORT_ALIASES
 before = dict(TRANSPORT_ALIASES)
 from celery import current_app
-import tasks.backpressure
+import celery_floodgate
 print(json.dumps({
     "aliases_unchanged": dict(TRANSPORT_ALIASES) == before,
     "current_app": current_app.main,
@@ -51,7 +51,7 @@ def shop(broker="redis://127.0.0.1:1/0", **conf) -> Celery:
 def test_install_bounds_only_the_app_it_is_given():
     app, other = shop(), shop()
     guard = install(app, {"emails": 500, "reports": "30s"}, "redis://127.0.0.1:1/1")
-    assert app.conf.broker_transport == "tasks.backpressure.transports.redis:Transport"
+    assert app.conf.broker_transport == "celery_floodgate.transports.redis:Transport"
     assert app.conf.broker_transport_options[GUARD_OPTION] == guard.id
     assert guard.limits == {"emails": Limit("emails", length=500),
                             "reports": Limit("reports", wait_s=30.0)}
@@ -177,7 +177,7 @@ def _root() -> str:
 def test_a_broker_refusal_is_remembered_for_one_drain_interval_with_tickets_down_the_line():
     import time
 
-    from tasks.backpressure.memo import MEMO_MAX_S, RefusalMemo
+    from celery_floodgate.memo import MEMO_MAX_S, RefusalMemo
 
     memo = RefusalMemo()
     memo.remember("q", 100, 100, wait_s=2.0, rate=None)
@@ -192,7 +192,7 @@ def test_a_broker_refusal_is_remembered_for_one_drain_interval_with_tickets_down
 
 
 def test_an_admission_forgets_a_remembered_refusal_at_once():
-    from tasks.backpressure.memo import RefusalMemo
+    from celery_floodgate.memo import RefusalMemo
 
     memo = RefusalMemo()
     memo.remember("q", 100, 100, wait_s=1.0, rate=1)  # would be remembered for 50 ms

@@ -4,8 +4,8 @@ import time
 import httpx
 import pytest
 
-from tasks.backpressure import QueueFull
-from tasks.backpressure.client import call_with_backoff, post_with_backoff
+from celery_floodgate import QueueFull
+from celery_floodgate.client import call_with_backoff, post_with_backoff
 
 
 class Refuser:

@@ -1,6 +1,6 @@
 import pickle
 
-from tasks.backpressure import BackpressureError, BrokerUnavailable, QueueFull
+from celery_floodgate import BackpressureError, BrokerUnavailable, QueueFull
 
 
 def test_queue_full_reads_like_a_sentence_and_carries_its_data():

@@ -1,4 +1,4 @@
-"""The publish path install() gives an app (tasks/backpressure/transports/lean.py): a queue
+"""The publish path install() gives an app (lib/src/celery_floodgate/transports/lean.py): a queue
 is declared once per connection, as kombu would, and Flower sees the args it always saw."""
 import collections
 import enum
@@ -8,8 +8,8 @@ from celery import Celery
 from celery.signals import before_task_publish
 from celery.utils.saferepr import saferepr
 
-from tasks.backpressure import install
-from tasks.backpressure.transports.lean import plain_repr
+from celery_floodgate import install
+from celery_floodgate.transports.lean import plain_repr
 
 FLAT = [(), {}, ("a@example.com", 0.02), [1, -2, None, True], {"n": 1, "to": "x y"},
         (10**30, 1e-9, float("inf"))]

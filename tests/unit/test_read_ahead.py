@@ -8,7 +8,7 @@ import time
 import pytest
 from amqp.transport import TCPTransport
 
-from tasks.backpressure.transports.amqp import Connection, ReadAheadTCPTransport
+from celery_floodgate.transports.amqp import Connection, ReadAheadTCPTransport
 
 
 def frame(channel: int, payload: bytes) -> bytes:

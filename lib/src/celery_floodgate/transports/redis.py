@@ -6,10 +6,10 @@ import time
 import redis
 from kombu.transport import redis as kombu_redis
 
-from tasks.backpressure.errors import BrokerUnavailable
-from tasks.backpressure.limits import RETRY_AFTER_MAX_S
-from tasks.backpressure.transports import LuaScript, broker_id, guard_of
-from tasks.backpressure.transports.redis_consume import BatchConsume
+from celery_floodgate.errors import BrokerUnavailable
+from celery_floodgate.limits import RETRY_AFTER_MAX_S
+from celery_floodgate.transports import LuaScript, broker_id, guard_of
+from celery_floodgate.transports.redis_consume import BatchConsume
 
 ADMIT = LuaScript("line.lua", "admit.lua")
 SENT_AT_HEADER = "fg_sent_at"

@@ -1,4 +1,4 @@
--- Admit one message to a bounded SQS queue (tasks/backpressure/transports/sqs.py).
+-- Admit one message to a bounded SQS queue (lib/src/celery_floodgate/transports/sqs.py).
 -- SQS has no length cap, so the limit is kept here: a sorted set of the admission ids
 -- of the messages sent and not yet deleted, scored by admission time.
 -- KEYS: the queue's admission set, then its ticket key.

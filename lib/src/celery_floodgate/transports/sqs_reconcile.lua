@@ -1,5 +1,5 @@
 -- Repair drift between an SQS queue's admission set and SQS's own count
--- (tasks/backpressure/transports/sqs.py, Reconciler).
+-- (lib/src/celery_floodgate/transports/sqs.py, Reconciler).
 -- KEYS[1]: the admission set; KEYS[2]: the drift seen by the previous reading.
 -- ARGV: SQS's count (visible + in flight + delayed), read at least a second ago;
 -- the set's size read just before that; the lag (s) within which SQS may not yet

@@ -9,10 +9,10 @@ import logging
 
 from celery.signals import task_received, worker_ready
 
-from tasks.backpressure.stats import DepthReader
-from tasks.backpressure.transports import broker_id
+from celery_floodgate.stats import DepthReader
+from celery_floodgate.transports import broker_id
 
-log = logging.getLogger("floodgate.backpressure")
+log = logging.getLogger("celery_floodgate")
 
 
 def connect(app, guard, unbounded: frozenset[str]) -> None:

@@ -42,10 +42,10 @@ from botocore.exceptions import (
 )
 from kombu.transport import SQS as kombu_sqs
 
-from tasks.backpressure.errors import BrokerUnavailable
-from tasks.backpressure.limits import RETRY_AFTER_MAX_S
-from tasks.backpressure.transports import LuaScript, guard_of
-from tasks.backpressure.transports.redis import SENT_AT_HEADER
+from celery_floodgate.errors import BrokerUnavailable
+from celery_floodgate.limits import RETRY_AFTER_MAX_S
+from celery_floodgate.transports import LuaScript, guard_of
+from celery_floodgate.transports.redis import SENT_AT_HEADER
 
 ADMIT = LuaScript("line.lua", "sqs_admit.lua")
 RECONCILE = LuaScript("sqs_reconcile.lua")
@@ -66,7 +66,7 @@ DEFAULT_RECONCILE_LAG_S = 60.0
 #: caught mid-way (SQS done, its count-down not yet) to have counted down.
 SETTLE_S = 1.0
 
-log = logging.getLogger("floodgate.backpressure")
+log = logging.getLogger("celery_floodgate")
 
 
 def admitted_key(guard, queue_url: str) -> str:

@@ -1,7 +1,7 @@
--- The virtual waiting line of refused callers (tasks/backpressure/guard.py), included
+-- The virtual waiting line of refused callers (lib/src/celery_floodgate/guard.py), included
 -- by the scripts that refuse. Returns the seconds until this caller's slot: the next
 -- slot the drain rate frees after those already handed out, skipping ``pending``
--- slots the caller's process handed out itself (tasks/backpressure/memo.py), never
+-- slots the caller's process handed out itself (lib/src/celery_floodgate/memo.py), never
 -- sooner than the queue's excess drains, and never past one turnover of the queue
 -- (``horizon_s``) or ``max_s``.
 local function line_ticket(key, excess, rate, max_s, horizon_s, pending)

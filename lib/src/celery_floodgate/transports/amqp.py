@@ -1,7 +1,7 @@
 """RabbitMQ transport that turns a reject-publish nack into QueueFull.
 
 The queue's ``x-max-length`` with ``x-overflow: reject-publish`` (declared by
-:func:`tasks.backpressure.install`) makes RabbitMQ itself refuse the message
+:func:`celery_floodgate.install`) makes RabbitMQ itself refuse the message
 past the limit, atomically for every publisher; publisher confirms carry that
 refusal back. A lost connection stays a connection error: only a nack means full.
 
@@ -17,9 +17,9 @@ from amqp.exceptions import MessageNacked
 from amqp.transport import TCPTransport
 from kombu.transport import pyamqp
 
-from tasks.backpressure.errors import BrokerUnavailable
-from tasks.backpressure.transports import guard_of
-from tasks.backpressure.transports.redis import SENT_AT_HEADER
+from celery_floodgate.errors import BrokerUnavailable
+from celery_floodgate.transports import guard_of
+from celery_floodgate.transports.redis import SENT_AT_HEADER
 
 
 class Channel(pyamqp.Channel):

@@ -14,18 +14,18 @@ from urllib.parse import urlparse
 
 from kombu import Exchange, Queue
 
-from tasks.backpressure.errors import NotInstalled
-from tasks.backpressure.guard import Guard
-from tasks.backpressure.limits import MAX_LENGTH, Keys, Limit, parse_limits
-from tasks.backpressure.meter import Meter
-from tasks.backpressure.transports import GUARD_OPTION
-from tasks.backpressure.transports.producers import GuardedAMQP
-from tasks.backpressure import worker
+from celery_floodgate.errors import NotInstalled
+from celery_floodgate.guard import Guard
+from celery_floodgate.limits import MAX_LENGTH, Keys, Limit, parse_limits
+from celery_floodgate.meter import Meter
+from celery_floodgate.transports import GUARD_OPTION
+from celery_floodgate.transports.producers import GuardedAMQP
+from celery_floodgate import worker
 
 TRANSPORTS = {
-    "redis": "tasks.backpressure.transports.redis:Transport",
-    "amqp": "tasks.backpressure.transports.amqp:Transport",
-    "sqs": "tasks.backpressure.transports.sqs:Transport",
+    "redis": "celery_floodgate.transports.redis:Transport",
+    "amqp": "celery_floodgate.transports.amqp:Transport",
+    "sqs": "celery_floodgate.transports.sqs:Transport",
 }
 
 

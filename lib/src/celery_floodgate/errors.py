@@ -30,7 +30,7 @@ class QueueFull(Refused):
     """A submission was refused because its queue is at its limit.
 
     Nothing was enqueued. Retry after ``retry_after_s`` seconds, with jitter
-    (see :func:`tasks.backpressure.client.call_with_backoff`).
+    (see :func:`celery_floodgate.client.call_with_backoff`).
     """
 
     def __init__(self, queue: str, depth: int, limit: int, retry_after_s: int) -> None:

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable
 
 import redis
 
-from tasks.backpressure.limits import (
+from celery_floodgate.limits import (
     BUCKET_TTL_S,
     DRAIN_LOOKBACK_S,
     DRAIN_WINDOW_S,

@@ -4,13 +4,13 @@ from __future__ import annotations
 import json
 import time
 
-from tasks.backpressure.transports import GUARD_OPTION
-from tasks.backpressure.transports.redis import SENT_AT_HEADER
+from celery_floodgate.transports import GUARD_OPTION
+from celery_floodgate.transports.redis import SENT_AT_HEADER
 
 
 def guard_for(app):
     """The guard install() put on ``app``, or None."""
-    from tasks.backpressure.guard import Guard
+    from celery_floodgate.guard import Guard
 
     return Guard.registered((app.conf.broker_transport_options or {}).get(GUARD_OPTION))
 

@@ -19,10 +19,11 @@ import threading
 import time
 import weakref
 from collections import Counter
+from typing import Any
 
 import redis
 
-from tasks.backpressure.limits import BUCKET_TTL_S
+from celery_floodgate.limits import BUCKET_TTL_S
 
 ACCEPTED, REFUSED = "accepted", "refused"
 FLUSH_INTERVAL_S = 1.0
@@ -128,3 +129,18 @@ def _flush_all() -> None:
     for found in list(_counters.values()):
         if found._pid == os.getpid():
             found.flush()
+
+
+def recent_counts(app: Any, window_s: int = WINDOW_S) -> dict[str, dict[str, int]]:
+    """Accepted and refused submissions per bounded queue of ``app``, over the last
+    ``window_s`` seconds, summed across every process that shares its meter.
+
+    Returns ``{queue: {"accepted": n, "refused": n}}``; ``{}`` when the app has no guard
+    or no meter. Raises ``redis.RedisError`` when the meter's Redis does not answer.
+    """
+    from celery_floodgate.stats import guard_for
+
+    guard = guard_for(app)
+    if guard is None:
+        return {}
+    return last_minute(guard.meter, guard.limits, window_s)

@@ -16,10 +16,9 @@ import time
 from datetime import datetime, timezone
 
 import redis
-from prometheus_client import Counter
 
-from tasks.backpressure.errors import EtaTooFar, QueueFull
-from tasks.backpressure.limits import (
+from celery_floodgate.errors import EtaTooFar, QueueFull
+from celery_floodgate.limits import (
     MAX_LENGTH,
     RATE_CACHE_S,
     RETRY_AFTER_MAX_S,
@@ -28,13 +27,11 @@ from tasks.backpressure.limits import (
     WAIT_LIMIT_BOOTSTRAP_LENGTH,
     Limit,
 )
-from tasks.backpressure import submits
-from tasks.backpressure.memo import RefusalMemo
-from tasks.backpressure.meter import Meter
-from tasks.backpressure.transports import LuaScript
+from celery_floodgate import metrics, submits
+from celery_floodgate.memo import RefusalMemo
+from celery_floodgate.meter import Meter
+from celery_floodgate.transports import LuaScript
 
-ACCEPTED = Counter("floodgate_accepted", "Submissions admitted to a queue", ["queue"])
-REFUSED = Counter("floodgate_refused", "Submissions refused because a queue was full", ["queue"])
 TICKET = LuaScript("line.lua", "ticket.lua")
 
 _registry: dict[str, "Guard"] = {}
@@ -141,8 +138,7 @@ class Guard:
         counter's child is looked up once per queue (it costs ~10 µs a publish otherwise)."""
         child = self._counters.get((queue, outcome))
         if child is None:
-            metric = ACCEPTED if outcome == submits.ACCEPTED else REFUSED
-            child = self._counters[(queue, outcome)] = metric.labels(queue)
+            child = self._counters[(queue, outcome)] = metrics.counter(outcome, queue)
         child.inc()
         submits.record(self.meter, queue, outcome)
 

@@ -4,7 +4,7 @@ kombu's Redis channel costs a worker four sequential round trips per message: a
 ``BRPOP`` for one message, a pipeline recording it as unacked (``ZADD unacked_index``
 + ``HSET unacked``), the task's own work, and a pipeline removing it on ack; and it
 builds a new ``redis.Redis`` object for each pipeline. :class:`BatchConsume`, mixed
-into :class:`tasks.backpressure.transports.redis.Channel`, changes three things:
+into :class:`celery_floodgate.transports.redis.Channel`, changes three things:
 
 * **Fetch a batch, recorded in the same call.** The ``BRPOP`` still waits for the
   first message (an idle worker blocks, it does not spin); then ``consume.lua``, in
@@ -53,7 +53,7 @@ from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import loads
 from redis.exceptions import ResponseError
 
-from tasks.backpressure.transports import LuaScript
+from celery_floodgate.transports import LuaScript
 
 log = logging.getLogger("floodgate.redis_consume")
 

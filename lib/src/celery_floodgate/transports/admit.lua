@@ -1,4 +1,4 @@
--- Admit one message to a bounded queue, atomically (tasks/backpressure/transports/redis.py).
+-- Admit one message to a bounded queue, atomically (lib/src/celery_floodgate/transports/redis.py).
 -- KEYS: the queue's priority sub-lists, then its ticket key.
 -- ARGV: bound, index of the target list, message, drain rate (0: unknown), longest
 -- Retry-After, one turnover of the queue in seconds, slots handed out in-process.

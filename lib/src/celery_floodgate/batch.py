@@ -1,6 +1,6 @@
 """Batch submission: many jobs in one call, the limit honoured exactly, refusals reported.
 
-    from tasks.backpressure.batch import submit_many
+    from celery_floodgate.batch import submit_many
 
     result = submit_many(app, "shop.send_email", [("ann@x",), ("bob@x",)])
     result.accepted            # task ids admitted, in submission order
@@ -43,10 +43,10 @@ from kombu import Producer
 from kombu.common import maybe_declare
 from kombu.exceptions import KombuError, OperationalError
 
-from tasks.backpressure.errors import BrokerUnavailable, QueueFull
-from tasks.backpressure.limits import RETRY_AFTER_MAX_S
-from tasks.backpressure.stats import guard_for
-from tasks.backpressure.transports import LuaScript
+from celery_floodgate.errors import BrokerUnavailable, QueueFull
+from celery_floodgate.limits import RETRY_AFTER_MAX_S
+from celery_floodgate.stats import guard_for
+from celery_floodgate.transports import LuaScript
 
 ADMIT_MANY = LuaScript("line.lua", "admit_many.lua")
 SENT_AT_HEADER = "fg_sent_at"  # as transports/redis.py

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from kombu import Connection, Producer, pools
 
-from tasks.backpressure.errors import Refused
-from tasks.backpressure.transports import SCHEMES, guard_of
-from tasks.backpressure.transports.lean import LeanPublish
+from celery_floodgate.errors import Refused
+from celery_floodgate.transports import SCHEMES, guard_of
+from celery_floodgate.transports.lean import LeanPublish
 
 
 class GuardedConnection(Connection):
@@ -49,7 +49,7 @@ class GuardedAMQP(LeanPublish):
     publisher_pool = producer_pool
 
     def Router(self, *args, **kwargs):
-        """Celery's router, which also answers a remembered refusal (tasks/backpressure/memo.py)
+        """Celery's router, which also answers a remembered refusal (lib/src/celery_floodgate/memo.py)
         as soon as the queue is known: before a message is built or a connection taken."""
         router = super().Router(*args, **kwargs)
         route, guard = router.route, guard_of(self.app.conf)  # install() named it already

@@ -1,4 +1,4 @@
--- Admit a batch of messages to a bounded queue, atomically (tasks/backpressure/batch.py).
+-- Admit a batch of messages to a bounded queue, atomically (lib/src/celery_floodgate/batch.py).
 -- KEYS: the queue's priority sub-lists, then its ticket key.
 -- ARGV: bound, drain rate (0: unknown), longest Retry-After, one turnover of the queue in
 -- seconds, slots handed out in-process, then for each message in submission order: index

@@ -1,6 +1,6 @@
 """Submitting from a service: exponential backoff with full jitter, honouring Retry-After.
 
-    from tasks.backpressure import call_with_backoff
+    from celery_floodgate import call_with_backoff
     result = call_with_backoff(lambda: fanout_post.delay(job_id, post_id))
 
 A refusal tells the caller when the queue will have room (``retry_after_s``, or
@@ -25,7 +25,7 @@ from tenacity import (
     stop_before_delay,
 )
 
-from tasks.backpressure.errors import BackpressureError, BrokerUnavailable, QueueFull
+from celery_floodgate.errors import BackpressureError, BrokerUnavailable, QueueFull
 
 T = TypeVar("T")
 

@@ -6,7 +6,7 @@
 * RabbitMQ (:mod:`.amqp`): the broker's own ``x-max-length`` with
   ``x-overflow: reject-publish`` and publisher confirms; a nack becomes QueueFull.
 
-:func:`tasks.backpressure.install` sets them as the app's ``broker_transport``;
+:func:`celery_floodgate.install` sets them as the app's ``broker_transport``;
 a channel finds its app's guard through the connection's transport options.
 """
 from __future__ import annotations
@@ -20,9 +20,9 @@ from redis.exceptions import NoScriptError
 GUARD_OPTION = "floodgate_guard"
 #: kombu names a connection's scheme after its transport; ours keep kombu's names.
 SCHEMES = {
-    "tasks.backpressure.transports.redis:Transport": "redis",
-    "tasks.backpressure.transports.amqp:Transport": "amqp",
-    "tasks.backpressure.transports.sqs:Transport": "sqs",
+    "celery_floodgate.transports.redis:Transport": "redis",
+    "celery_floodgate.transports.amqp:Transport": "amqp",
+    "celery_floodgate.transports.sqs:Transport": "sqs",
 }
 
 
@@ -59,7 +59,7 @@ class LuaScript:
 
 def guard_of(holder):
     """The guard installed on the app a kombu connection (or an app's conf) belongs to."""
-    from tasks.backpressure.guard import Guard
+    from celery_floodgate.guard import Guard
 
     options = (getattr(holder, "transport_options", None)
                or getattr(holder, "broker_transport_options", None) or {})
