@@ -12,8 +12,10 @@ RUN groupadd --system --gid 10001 floodgate \
 
 WORKDIR /app
 
-# Dependencies first, from pyproject.toml alone, so a source change does not
-# reinstall them (this layer is rebuilt only when pyproject.toml changes).
+# The library first (lib/, the distribution celery-floodgate), then the app's other
+# dependencies from pyproject.toml alone, so an app source change does not reinstall them.
+COPY lib ./lib
+RUN pip install --no-cache-dir './lib[prometheus,client,hiredis]' && rm -rf lib/build
 COPY pyproject.toml ./
 RUN python -c "import tomllib; deps = tomllib.load(open('pyproject.toml', 'rb')).get('project', {}).get('dependencies', []); print('\n'.join(deps))" > /tmp/requirements.txt \
  && pip install --no-cache-dir -r /tmp/requirements.txt \

@@ -42,7 +42,7 @@ test: $(STAMP)
 	FLOODGATE_TEST_BROKER=amqp TEST_DATABASE=postgresql $(BIN)/python -m pytest tests/faults
 	$(SQS_PASS)
 
-# SQS (README "SQS"): the fan-out flow, the limit and refusal tests, the duplicate and
+# SQS (docs/app/sqs.md): the fan-out flow, the limit and refusal tests, the duplicate and
 # metrics rows and tests/integration/test_sqs.py, on moto servers the tests start.
 SQS_TESTS := tests/integration/test_sqs.py tests/integration/test_flow.py \
 	tests/integration/test_back_pressure.py \

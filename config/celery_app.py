@@ -11,7 +11,6 @@ from config.queues import KEY_PREFIX, as_install_limits, parse_queue_limits
 from config.settings import get_settings
 from celery_floodgate import Guard, install
 from tasks.runtime.prefetch import PerQueuePrefetch, use_floodgate_pool
-from tasks.runtime.results import rerunnable_chords
 
 app = Celery(
     "floodgate",
@@ -24,17 +23,18 @@ app.config_from_object("config.celeryconfig")
 
 def bound_queues(celery_app: Celery) -> Guard:
     """Floodgate's queue limits on ``celery_app``: every publish (delay, apply_async,
-    send_task, canvas, beat) meets its queue's limit; see README "Back pressure"."""
+    send_task, canvas, beat) meets its queue's limit; see docs/guarantees.md."""
     s = get_settings()
     return install(celery_app, as_install_limits(parse_queue_limits(s.queue_limits)),
                    s.meter_redis_url, key_prefix=KEY_PREFIX,
                    rabbitmq_queue_type=s.rabbitmq_queue_type,
                    rabbitmq_queue_version=s.rabbitmq_queue_version,
-                   publish_timeout_s=s.publish_timeout_s, max_countdown_s=s.max_countdown_s)
+                   publish_timeout_s=s.publish_timeout_s, max_countdown_s=s.max_countdown_s,
+                   # memory:// (the unit tests' broker) cannot be bounded: run unbounded there
+                   allow_unguarded=("memory",) if s.broker_kind == "memory" else ())
 
 
 bound_queues(app)
-rerunnable_chords(app)  # a frozen chord applied again runs its body again
 use_floodgate_pool(app, sys.argv)
 app.steps["consumer"].add(PerQueuePrefetch)
 if "flower" in sys.argv[1:]:

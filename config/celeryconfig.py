@@ -66,7 +66,7 @@ broker_transport_options = {
     # it exceeds the hard time limit, as on Redis), queues created with it under a prefix
     # of their own, long polling (SQS_WAIT_TIME_S) and no extra client-side sleep after an
     # empty long poll (kombu's polling_interval), a short one after an empty short poll.
-    # The guard's admission count is reconciled with SQS's own every few seconds (README "SQS").
+    # The guard's admission count is reconciled with SQS's own every few seconds (docs/app/sqs.md).
     # https://docs.celeryq.dev/en/stable/getting-started/backends-and-brokers/sqs.html
     "sqs": {
         "visibility_timeout": _s.visibility_timeout_s,

@@ -77,7 +77,7 @@ class Settings(BaseSettings):
     )
     publish_timeout_s: float = Field(default=1.0, gt=0, le=30)
     # Amazon SQS (BROKER_URL=sqs://, or sqs://KEY:SECRET@ for explicit credentials; else
-    # boto3's usual chain: environment, profile, instance role). README "SQS".
+    # boto3's usual chain: environment, profile, instance role). docs/app/sqs.md.
     sqs_region: str | None = Field(default=None, description="AWS region; else boto3's default, "
                                    "else us-east-1")
     sqs_endpoint_url: str | None = Field(default=None, description="another SQS endpoint "

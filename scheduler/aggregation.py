@@ -1,14 +1,15 @@
-"""Plain aggregation of posts into fixed windows. No Celery here."""
+"""Plain aggregation of posts into fixed windows. No Celery here.
+
+The rows are read and written through the demo domain's store
+(:mod:`tasks.demo.aggregates`), which the API reads too.
+"""
 from __future__ import annotations
 
 import re
 import time
 from collections import Counter
 
-from sqlalchemy import select
-from sqlalchemy.dialects import postgresql, sqlite
-
-from tasks.demo.models import aggregates, posts
+from tasks.demo.aggregates import store_window, texts_between
 
 HASHTAG = re.compile(r"#\w+")
 TOP_N = 10
@@ -32,20 +33,7 @@ def summarise(texts: list[str]) -> dict:
 
 def aggregate_window(conn, start: float, end: float) -> dict:
     """Compute and store one window; recomputing it gives the same row."""
-    query = select(posts.c.text).where(posts.c.created_at >= start, posts.c.created_at < end)
-    summary = summarise(list(conn.execute(query).scalars()))
+    summary = summarise(texts_between(conn, start, end))
     row = {"window_start": start, "window_end": end, "computed_at": time.time(), **summary}
-    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-    stmt = dialect.insert(aggregates).values(row)
-    conn.execute(
-        stmt.on_conflict_do_update(
-            index_elements=[aggregates.c.window_start],
-            set_={k: stmt.excluded[k] for k in ("window_end", "posts", "top_hashtags", "computed_at")},
-        )
-    )
+    store_window(conn, row)
     return row
-
-
-def recent_windows(conn, limit: int) -> list[dict]:
-    query = select(aggregates).order_by(aggregates.c.window_start.desc()).limit(limit)
-    return [dict(r._mapping) for r in conn.execute(query)]

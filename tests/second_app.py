@@ -1,8 +1,8 @@
 """A small Celery app that is not Floodgate: its own queues, no database, no settings.
 
-It adopts back pressure the way any Celery app would (README "Back pressure for your
-own Celery app"). Workers run it with ``celery -A tests.second_app worker``; the
-broker and meter come from SHOP_BROKER_URL and SHOP_METER_URL.
+It adopts back pressure the way any Celery app would (docs/getting-started.md).
+Workers run it with ``celery -A tests.second_app worker``; the broker and meter come
+from SHOP_BROKER_URL and SHOP_METER_URL.
 """
 from __future__ import annotations
 

@@ -4,7 +4,7 @@ from fastapi import APIRouter
 
 from api.deps import Limit, iso
 from api.schemas import Aggregates
-from scheduler.aggregation import recent_windows
+from tasks.demo.aggregates import recent_windows
 from tasks.demo.db import engine
 
 router = APIRouter(tags=["aggregates"])

@@ -75,7 +75,7 @@ or stated as a limit. Figures are from this run unless a commit is named.
    queue with the meter flush, and the admit script's bound is the limit less the live
    workers' windows (never below half the limit; `lib/src/celery_floodgate/guard.py` `room_in_broker`). On
    RabbitMQ `x-max-length` counts ready messages only, so there a limit bounds the ready
-   messages and each consumer adds up to its prefetch (README, limits table). History of
+   messages and each consumer adds up to its prefetch (docs/guarantees.md, limits table). History of
    (b)/(d) against the fanout prefetch:
 
    | code | fanout prefetch | (b) Redis p99 / bound | (b) RabbitMQ p99 / bound | (d) p99 |

@@ -110,3 +110,13 @@ def wait_for(check, timeout_s: float = 30.0, interval_s: float = 0.1):  # type: 
             return value
         time.sleep(interval_s)
     raise AssertionError(f"not true within {timeout_s} s: {check}")
+
+
+def take_queued_ids(app, queue: str) -> list[str]:  # type: ignore[no-untyped-def]
+    """Take every message off ``queue`` (no worker needed) and return their task ids."""
+    ids = []
+    with app.connection_for_write() as conn:
+        bound = app.amqp.queues[queue].bind(conn.default_channel)
+        while (message := bound.get(no_ack=True)) is not None:
+            ids.append(message.headers["id"])
+    return ids

@@ -1,7 +1,7 @@
 """FAULTS.md row 6: ``kill -9`` of the Redis broker under load; the outbox sweep recovers.
 
 The private redis-server runs with the persistence the project documents
-(README, docker-compose.yml, config/up.py): ``appendonly yes``, ``appendfsync
+(docs/guarantees.md, docker-compose.yml, config/up.py): ``appendonly yes``, ``appendfsync
 everysec``, ``maxmemory-policy noeviction``. Documented loss bound: about one
 second of writes. A 202 commits the job row, so whatever the broker loses the
 outbox sweep (scheduler.tasks.republish_stale_jobs) re-publishes from the
@@ -142,7 +142,7 @@ def redis_without_aof(tmp_path):
 
 def test_row6_redis_without_persistence_loses_every_queued_message_and_the_sweep_recovers_all(
         redis_without_aof, floodgate):
-    """The bound when persistence is off (README: a restart loses every queued message):
+    """The bound when persistence is off (docs/guarantees.md: a restart loses every queued message):
     the sweep alone must bring every accepted job back, each taking effect once."""
     broker = redis_without_aof
     system = floodgate(broker.url, queue_limits="fanout=100000,aggregation=100,default=5000")

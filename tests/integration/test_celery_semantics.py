@@ -23,15 +23,13 @@ REDIS_RESULTS = support.results_url()
 def app():
     """Floodgate's app as config.celery_app makes it, publishing to the 'faults' namespace."""
     from config.celery_app import bound_queues
-    from tasks.runtime.results import rerunnable_chords
 
     support.reset_namespace("faults")
     app = Celery("floodgate-semantics", set_as_current=False,
                  task_cls="tasks.runtime.base:FloodgateTask")
     app.config_from_object("config.celeryconfig")
     app.conf.broker_url = support.broker_url("faults")
-    bound_queues(app)
-    rerunnable_chords(app)
+    bound_queues(app)  # install(): its Redis result backend gets rerunnable chords
     yield app
     app.close()
 
@@ -60,7 +58,7 @@ def test_a_frozen_chord_applied_twice_runs_its_body_twice(app, tmp_path):
     """Celery 5.7's Redis result backend marks a finished chord 'done' and forgets the
     mark for a new run only just before the last header task is published; a fast worker
     ran the first header task of the second run before that, its result was dropped, and
-    the body never ran again (9 rounds in 20 on RabbitMQ). tasks.runtime.results forgets
+    the body never ran again (9 rounds in 20 on RabbitMQ). celery_floodgate.results forgets
     the mark before any header task is published. Several rounds: it was a race."""
     worker = workers.start(tmp_path, prefetch=None)
     try:
@@ -182,7 +180,7 @@ def test_a_retry_refused_by_a_full_queue_fails_the_task_with_queue_full(app, tmp
 def test_revoking_a_scheduled_task_keeps_it_from_running_on_floodgates_pool(app, tmp_path):
     """A task the worker holds for its countdown is dropped when revoked. (Revoking a task
     queued right behind a running one is not reliable on Floodgate's pool: the worker may
-    have fetched it already and runs it before its loop reads the revoke; README, Workers.)"""
+    have fetched it already and runs it before its loop reads the revoke; docs/app/workers.md.)"""
     worker = workers.start(tmp_path, prefetch=None)
     try:
         k = key()

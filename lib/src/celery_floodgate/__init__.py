@@ -9,6 +9,18 @@
 Importing this package changes nothing: no settings, no environment, no kombu
 alias, no current app. :func:`install` changes one app.
 
+Everything a program needs is importable from here (``__all__``):
+
+* :func:`install` bounds an app's queues and returns its :class:`Guard`, which
+  :func:`guard_for` finds again; :func:`broker_kind` names a broker URL's kind;
+  :func:`passive_queues` uses queues without declaring them.
+* :class:`Limit`, :func:`parse_limit`, :func:`parse_limits`: the limits it takes.
+* The errors: :class:`BackpressureError` and below it :class:`Refused`
+  (:class:`QueueFull`, :class:`EtaTooFar`), :class:`BrokerUnavailable`,
+  :class:`NotInstalled`.
+* :func:`submit_many` and its :class:`BatchResult`: many submissions at once.
+* :func:`queue_stats`, :func:`recent_counts`: live figures for a status page.
+
 Optional parts, each behind an extra:
 
 * :mod:`celery_floodgate.client` (``[client]``): ``call_with_backoff`` and
@@ -19,6 +31,7 @@ Optional parts, each behind an extra:
 from importlib.metadata import PackageNotFoundError, version
 
 from celery_floodgate.batch import BatchResult, submit_many
+from celery_floodgate.declare import passive_queues
 from celery_floodgate.errors import (
     BackpressureError,
     BrokerUnavailable,
@@ -54,6 +67,7 @@ __all__ = [
     "install",
     "parse_limit",
     "parse_limits",
+    "passive_queues",
     "queue_stats",
     "recent_counts",
     "submit_many",

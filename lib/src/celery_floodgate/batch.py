@@ -36,29 +36,47 @@ import socket
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from amqp import spec
 from celery.utils import uuid
-from kombu import Producer
 from kombu.common import maybe_declare
 from kombu.exceptions import KombuError, OperationalError
+from kombu.messaging import Producer
+from kombu.utils.json import dumps
 
 from celery_floodgate.errors import BrokerUnavailable, QueueFull
 from celery_floodgate.limits import RETRY_AFTER_MAX_S
 from celery_floodgate.stats import guard_for
 from celery_floodgate.transports import LuaScript
 
-ADMIT_MANY = LuaScript("line.lua", "admit_many.lua")
+if TYPE_CHECKING:
+    from celery import Celery
+    from kombu.connection import Connection
+
+    from celery_floodgate.guard import Guard
+    from celery_floodgate.limits import Limit
+
+_ADMIT_MANY = LuaScript("line.lua", "admit_many.lua")
 SENT_AT_HEADER = "fg_sent_at"  # as transports/redis.py
 #: Messages per Lua call: bounds the script's argument list and the time Redis is held.
 SCRIPT_MESSAGES = 1000
 #: The attribute of a pooled AMQP connection holding its batch channel.
 _BATCH_CHANNEL = "_fg_batch_channel"
 
+#: A prepared message, kept instead of published: (message, exchange, routing key).
+_Kept = tuple[Any, str, str]
+
 
 @dataclass
 class BatchResult:
-    """What became of each item: ``ids[i]`` is item i's task id, whether admitted or not."""
+    """What became of each item of a :func:`submit_many` call.
+
+    :param ids: item i's task id at ``ids[i]``, whether admitted or not.
+    :param accepted: the ids admitted (enqueued), in submission order.
+    :param refused: ``(index, QueueFull)`` of each item refused; nothing was
+        enqueued for them.
+    """
 
     ids: list[str]
     accepted: list[str] = field(default_factory=list)
@@ -70,6 +88,7 @@ class BatchResult:
         return min((e.retry_after_s for _, e in self.refused), default=None)
 
     def accepted_indexes(self) -> list[int]:
+        """The indexes of the items admitted, in order."""
         refused = {i for i, _ in self.refused}
         return [i for i in range(len(self.ids)) if i not in refused]
 
@@ -79,24 +98,44 @@ class _Collector:
     on the real channel (so it is exactly what ``send_task`` would publish) and
     ``basic_publish`` keeps it instead of sending it."""
 
-    def __init__(self, channel) -> None:
+    def __init__(self, channel: Any) -> None:
         self._channel = channel
-        self.kept: list[tuple[object, str, str]] = []
+        self.kept: list[_Kept] = []
 
-    def __getattr__(self, name):
+    def __getattr__(self, name: str) -> Any:
         return getattr(self._channel, name)
 
-    def basic_publish(self, message, exchange="", routing_key="", **_):
+    def basic_publish(self, message: Any, exchange: str = "", routing_key: str = "",
+                      **_: Any) -> None:
         self.kept.append((message, exchange, routing_key))
 
 
-def submit_many(app, task_name: str, args_list: Sequence[Sequence], *,
-                kwargs_list: Sequence[Mapping] | None = None, queue: str | None = None,
-                task_ids: Sequence[str] | None = None, **options) -> BatchResult:
-    """Submit ``task_name`` once per item of ``args_list``; see the module docstring.
+def submit_many(app: Celery, task_name: str, args_list: Sequence[Sequence[Any]], *,
+                kwargs_list: Sequence[Mapping[str, Any]] | None = None,
+                queue: str | None = None, task_ids: Sequence[str] | None = None,
+                **options: Any) -> BatchResult:
+    """Submit ``task_name`` once per item of ``args_list``, admitting exactly what fits.
 
-    ``task_ids``: ids to use (the caller's own, e.g. job ids); ``options``: what
-    ``send_task`` takes for every message (``ignore_result``, ``priority``, ``expires``...).
+    On a bounded queue of Redis or RabbitMQ the whole batch costs one broker
+    round trip (per 1000 items on Redis) and the limit holds exactly, whoever else
+    submits meanwhile; elsewhere each item is one ordinary ``send_task``. A
+    refusal is never raised: it is reported per item. See the module docstring.
+
+    :param app: the Celery app, with :func:`~celery_floodgate.install` called.
+    :param task_name: the registered name of the task.
+    :param args_list: each item's positional arguments.
+    :param kwargs_list: each item's keyword arguments (default: none).
+    :param queue: the queue for every item (default: the task's route).
+    :param task_ids: the ids to use, one per item (the caller's own, e.g. job ids;
+        default: fresh UUIDs).
+    :param options: what ``send_task`` takes, for every message
+        (``ignore_result``, ``priority``, ``expires``...).
+    :returns: a :class:`BatchResult`: the ids, the accepted and the refused.
+    :raises ValueError: when the lists differ in length, or the route is not a
+        direct one to a queue.
+    :raises BrokerUnavailable: when the broker cannot be reached or does not
+        confirm in time (then which items landed is unknown).
+    :raises EtaTooFar: when a countdown is longer than the broker holds one.
     """
     n = len(args_list)
     kwargs_list = list(kwargs_list) if kwargs_list is not None else [{}] * n
@@ -147,10 +186,11 @@ def submit_many(app, task_name: str, args_list: Sequence[Sequence], *,
     return result
 
 
-def _route(app, task_name: str, queue: str | None, options: dict) -> dict:
+def _route(app: Celery, task_name: str, queue: str | None,
+           options: dict[str, Any]) -> dict[str, Any]:
     """The route ``send_task`` would take (the task's own options as defaults)."""
     task = app._tasks.get(task_name)
-    defaults = {}
+    defaults: dict[str, Any] = {}
     if task is not None and hasattr(task, "_get_exec_options"):
         defaults = {k: v for k, v in task._get_exec_options().items() if v is not None}
     merged = {**defaults, **options}
@@ -162,10 +202,13 @@ def _route(app, task_name: str, queue: str | None, options: dict) -> dict:
     # admits exactly what fits and refuses the rest item by item.
     router = app.amqp.router
     route = getattr(router, "route_unguarded", router.route)
-    return route(merged, task_name, (), {}, task)
+    routed: dict[str, Any] = route(merged, task_name, (), {}, task)
+    return routed
 
 
-def _prepare(app, channel, task_name, args_list, kwargs_list, ids, route, options):
+def _prepare(app: Celery, channel: Any, task_name: str, args_list: Sequence[Sequence[Any]],
+             kwargs_list: Sequence[Mapping[str, Any]], ids: Sequence[str],
+             route: dict[str, Any], options: dict[str, Any]) -> list[_Kept]:
     """Celery's messages, prepared on ``channel`` and kept (not sent)."""
     amqp = app.amqp
     collector = _Collector(channel)
@@ -200,9 +243,8 @@ def _prepare(app, channel, task_name, args_list, kwargs_list, ids, route, option
     return collector.kept
 
 
-def _admit_redis(guard, channel, qname: str, limit, kept) -> list[tuple[int, QueueFull]]:
-    from kombu.transport import redis as kombu_redis
-
+def _admit_redis(guard: Guard, channel: Any, qname: str, limit: Limit,
+                 kept: list[_Kept]) -> list[tuple[int, QueueFull]]:
     bound = guard.length_bound(limit)
     room = guard.room_in_broker(qname, channel.broker_id(), bound)
     lists = list(dict.fromkeys(channel._q_for_pri(qname, p) for p in channel.priority_steps))
@@ -220,14 +262,14 @@ def _admit_redis(guard, channel, qname: str, limit, kept) -> list[tuple[int, Que
         headers.setdefault(SENT_AT_HEADER, now)
         channel._inplace_augment_message(message, exchange, routing_key)
         target = channel._q_for_pri(qname, channel._get_message_priority(message, reverse=False))
-        payload.append((lists.index(target) + 1, kombu_redis.dumps(message)))
+        payload.append((lists.index(target) + 1, dumps(message)))
     client = channel._admit_client(guard)
     refused: list[tuple[int, QueueFull]] = []
     for start in range(0, len(payload), SCRIPT_MESSAGES):
         part = payload[start:start + SCRIPT_MESSAGES]
         args = [*head, *(x for pair in part for x in pair)]
         try:
-            reply = ADMIT_MANY(client, keys, tuple(args))
+            reply = _ADMIT_MANY(client, keys, tuple(args))
         except Exception as exc:  # redis errors: timeouts and connection losses
             import redis
 
@@ -249,13 +291,13 @@ def _admit_redis(guard, channel, qname: str, limit, kept) -> list[tuple[int, Que
     return refused
 
 
-def _same(guard, qname: str, first: QueueFull) -> QueueFull:
+def _same(guard: Guard, qname: str, first: QueueFull) -> QueueFull:
     """Another refusal of the same batch: counted, with the first one's wait (no round trip,
     and remembered once, by the first: :meth:`Guard.refuse`)."""
     return guard._refused(qname, first.depth, first.limit, first.retry_after_s)
 
 
-def _batch_channel(conn):
+def _batch_channel(conn: Connection) -> Any:
     """The pooled connection's batch channel: confirms selected once, its own tag count.
 
     Kept apart from the connection's default channel, whose publishes wait for their
@@ -272,7 +314,7 @@ def _batch_channel(conn):
     return channel
 
 
-def _forget_batch_channel(conn) -> None:
+def _forget_batch_channel(conn: Connection) -> None:
     """After any failure the channel's delivery tags are unknown: open a new one next time."""
     raw = getattr(conn, "_connection", None)
     channel = getattr(raw, _BATCH_CHANNEL, None) if raw is not None else None
@@ -285,7 +327,8 @@ def _forget_batch_channel(conn) -> None:
         pass
 
 
-def _publish_confirmed(guard, conn, channel, qname: str, limit, kept) -> list[tuple[int, QueueFull]]:
+def _publish_confirmed(guard: Guard, conn: Connection, channel: Any, qname: str, limit: Limit,
+                       kept: list[_Kept]) -> list[tuple[int, QueueFull]]:
     """Publish every message, then wait once for all their confirms; nacked ones are refused."""
     now = time.time()
     first_tag = channel._fg_next_tag
@@ -294,7 +337,7 @@ def _publish_confirmed(guard, conn, channel, qname: str, limit, kept) -> list[tu
     acked = bytearray(n)   # 0 pending, 1 acked, 2 nacked
     pending = [n]
 
-    def mark(delivery_tag, multiple, value):
+    def mark(delivery_tag: int, multiple: bool, value: int) -> None:
         low = first_tag if multiple else delivery_tag
         for tag in range(max(low, first_tag), min(delivery_tag, last_tag) + 1):
             i = tag - first_tag

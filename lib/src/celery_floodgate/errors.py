@@ -14,16 +14,20 @@ from __future__ import annotations
 
 
 class BackpressureError(Exception):
-    """Base of every error the back-pressure package raises on purpose."""
+    """Base of every error this package raises on purpose: catch it to catch them all."""
 
-    message = ""
+    #: The sentence ``str()`` gives; set by each subclass from its data.
+    message: str = ""
 
     def __str__(self) -> str:
         return self.message or super().__str__()
 
 
 class Refused(BackpressureError):
-    """The broker or the guard refused this one message; nothing was enqueued."""
+    """The broker or the guard refused this one message; nothing was enqueued.
+
+    The connection is fine: a pooled producer keeps it (only other errors replace it).
+    """
 
 
 class QueueFull(Refused):
@@ -31,6 +35,12 @@ class QueueFull(Refused):
 
     Nothing was enqueued. Retry after ``retry_after_s`` seconds, with jitter
     (see :func:`celery_floodgate.client.call_with_backoff`).
+
+    :param queue: the queue that is full.
+    :param depth: its depth when it refused (what workers hold prefetched included).
+    :param limit: the length bound it refused at.
+    :param retry_after_s: whole seconds until the queue has room for this caller,
+        from the measured drain rate (1 to 60).
     """
 
     def __init__(self, queue: str, depth: int, limit: int, retry_after_s: int) -> None:
@@ -43,9 +53,17 @@ class QueueFull(Refused):
 
 
 class EtaTooFar(Refused):
-    """A countdown or ETA the broker would redeliver before it ran: it would run twice."""
+    """A countdown or ETA the broker would redeliver before it ran: it would run twice.
 
-    def __init__(self, queue: str, delay_s: float, max_countdown_s: int) -> None:
+    Raised before anything is sent, when the delay reaches ``install()``'s
+    ``max_countdown_s``.
+
+    :param queue: the queue the task was sent to.
+    :param delay_s: the countdown asked for, in seconds.
+    :param max_countdown_s: the longest countdown the broker holds safely.
+    """
+
+    def __init__(self, queue: str, delay_s: float, max_countdown_s: float) -> None:
         self.queue, self.delay_s, self.max_countdown_s = queue, delay_s, max_countdown_s
         super().__init__(queue, delay_s, max_countdown_s)
         self.message = (
@@ -59,7 +77,12 @@ class EtaTooFar(Refused):
 class BrokerUnavailable(BackpressureError):
     """The broker could not be reached or did not confirm in time.
 
-    Nothing was acknowledged as enqueued. Check the broker, then retry.
+    Nothing was acknowledged as enqueued (after a confirm timeout the message may
+    still have landed: a retry can run it twice). Check the broker, then retry.
+
+    :param queue: the queue being submitted to.
+    :param cause: what failed, e.g. the underlying error's type and text.
+    :param retry_after_s: a suggested wait before retrying, in seconds.
     """
 
     def __init__(self, queue: str, cause: str, retry_after_s: int = 5) -> None:
@@ -72,7 +95,12 @@ class BrokerUnavailable(BackpressureError):
 
 
 class NotInstalled(BackpressureError, ValueError):
-    """``install()`` refused its arguments; the message names the queue and the fix."""
+    """``install()`` refused its arguments; the message names the queue and the fix.
+
+    Also a :class:`ValueError`, as any bad argument.
+
+    :param problem: the sentence naming what does not fit and how to fix it.
+    """
 
     def __init__(self, problem: str) -> None:
         self.message = f"back pressure not installed: {problem}"

@@ -13,7 +13,9 @@ from __future__ import annotations
 import itertools
 import math
 import time
+import weakref
 from datetime import datetime, timezone
+from typing import Any
 
 import redis
 
@@ -34,12 +36,19 @@ from celery_floodgate.transports import LuaScript
 
 TICKET = LuaScript("line.lua", "ticket.lua")
 
-_registry: dict[str, "Guard"] = {}
+# Weak: a guard lives as long as the app it is attached to (attach()), no longer.
+_registry: "weakref.WeakValueDictionary[str, Guard]" = weakref.WeakValueDictionary()
 _ids = itertools.count(1)
+ATTRIBUTE = "_floodgate_guard"
 
 
 class Guard:
-    """Limits, meter and caches of one app; found by transports through :meth:`registered`."""
+    """Limits, meter and caches of one app; found by transports through :meth:`registered`.
+
+    The process-wide registry holds guards weakly: the app holds its guard
+    (:meth:`attach`), so a guard, its signal receivers and its threads go when its
+    app is garbage-collected.
+    """
 
     def __init__(self, limits: dict[str, Limit], meter: Meter, broker_kind: str,
                  publish_timeout_s: float = 1.0, max_countdown_s: float | None = None) -> None:
@@ -49,14 +58,23 @@ class Guard:
         self._rates: dict[str, tuple[float, float | None]] = {}
         self._held: dict[tuple[str, str], tuple[float, int]] = {}
         self.memo = RefusalMemo()
-        self._counters: dict[tuple[str, str], object] = {}
+        self._counters: dict[tuple[str, str], Any] = {}
+        self.receivers: object | None = None  # worker.connect's: connected weakly, held here
         _registry[self.id] = self
 
     @staticmethod
     def registered(guard_id: str | None) -> "Guard | None":
+        """The guard of that id, while the app it is attached to lives."""
         return _registry.get(guard_id) if guard_id else None
 
+    def attach(self, app: Any) -> None:
+        """Be kept alive by ``app`` (and by nothing global), and start this process's
+        submit-count flush now, so the app's first submission does not pay for it."""
+        setattr(app, ATTRIBUTE, self)
+        submits.counter(self.meter).start()
+
     def limit_for(self, queue: str) -> Limit | None:
+        """``queue``'s limit, or None if the guard does not bound it."""
         return self.limits.get(queue)
 
     def drain_rate(self, queue: str) -> float | None:
@@ -68,6 +86,7 @@ class Guard:
         return hit[1]
 
     def forget_rates(self) -> None:
+        """Drop this process's cached rates, prefetch windows and remembered refusals."""
         self._rates.clear()
         self._held.clear()
         self.memo.clear()
@@ -76,6 +95,7 @@ class Guard:
         """The length the queue may reach now: fixed, or wait × measured drain rate."""
         if limit.length is not None:
             return limit.length
+        assert limit.wait_s is not None  # a Limit holds a length or a wait, never neither
         return wait_bound(limit.wait_s, self.drain_rate(limit.queue))
 
     def room_in_broker(self, queue: str, broker: str, bound: int) -> int:
@@ -130,6 +150,7 @@ class Guard:
         return QueueFull(queue=queue, depth=depth, limit=bound, retry_after_s=clamp(wait_s))
 
     def admitted(self, queue: str) -> None:
+        """Count one message the broker accepted into ``queue``."""
         self.memo.admitted(queue)
         self._count(queue, submits.ACCEPTED)
 

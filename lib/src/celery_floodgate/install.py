@@ -5,46 +5,50 @@ its transport options (which name its guard), its queue declarations (RabbitMQ's
 ``x-max-length`` and ``reject-publish``), its AMQP helper (connections and a
 producer pool that survive refusals) and receivers that act for its workers only.
 Nothing global changes: another app in the process is unaffected.
+
+Which brokers: every URL kombu accepts for Redis, RabbitMQ and SQS
+(:mod:`celery_floodgate.transports.urls`); any other is refused unless named in
+``allow_unguarded``. When: the settings are kept (:mod:`celery_floodgate.binding`)
+and applied again each time the app's configuration is loaded.
 """
 from __future__ import annotations
 
-import copy
 from collections.abc import Iterable, Mapping
-from urllib.parse import urlparse
+from typing import Any
 
-from kombu import Exchange, Queue
-
+from celery_floodgate.binding import (
+    Binding,
+    BoundAMQP,
+    bind,
+    has_configuration,
+    rabbitmq_arguments,
+)
 from celery_floodgate.errors import NotInstalled
 from celery_floodgate.guard import Guard
-from celery_floodgate.limits import MAX_LENGTH, Keys, Limit, parse_limits
+from celery_floodgate.limits import Keys, parse_limits
 from celery_floodgate.meter import Meter
-from celery_floodgate.transports import GUARD_OPTION
 from celery_floodgate.transports.producers import GuardedAMQP
-from celery_floodgate import worker
-
-TRANSPORTS = {
-    "redis": "celery_floodgate.transports.redis:Transport",
-    "amqp": "celery_floodgate.transports.amqp:Transport",
-    "sqs": "celery_floodgate.transports.sqs:Transport",
-}
+from celery_floodgate.transports.urls import GUARDED, KINDS, schemes_of
+from celery_floodgate import results, worker
 
 
 def broker_kind(url: str | None) -> str:
-    """'redis', 'amqp', 'sqs', or the URL's own scheme: the one place that tells brokers apart."""
-    scheme = urlparse(url or "").scheme
-    if scheme in ("redis", "rediss"):
-        return "redis"
-    if scheme in ("amqp", "amqps", "pyamqp"):
-        return "amqp"
-    if scheme == "sqs":
-        return "sqs"
-    return scheme
+    """'redis', 'amqp', 'sqs', or the URL's own scheme: the one place that tells brokers apart.
+
+    redis://, rediss://, redis+socket:// and sentinel:// are 'redis'; amqp://, amqps://
+    and pyamqp:// 'amqp'; a failover list is its first URL's; no URL is Celery's
+    default broker, amqp://guest@localhost//.
+    """
+    scheme = schemes_of(url)[0]
+    transport = GUARDED.get(scheme)
+    return KINDS[transport] if transport else scheme
 
 
-def install(app, limits: Mapping[str, int | str] | str, meter_url: str | None = None, *,
+def install(app: Any, limits: Mapping[str, int | str] | str, meter_url: str | None = None, *,
             unbounded: Iterable[str] = (), key_prefix: str | None = None,
             rabbitmq_queue_type: str = "classic", rabbitmq_queue_version: int | None = 2,
-            publish_timeout_s: float = 1.0, max_countdown_s: float | None = None) -> Guard:
+            publish_timeout_s: float = 1.0, max_countdown_s: float | None = None,
+            rerunnable_chords: bool = True, allow_unguarded: Iterable[str] = ()) -> Guard:
     """Bound every queue in ``limits`` (``{"emails": 500, "reports": "30s"}``).
 
     ``meter_url``: a Redis where workers record drain rates (Retry-After, wait
@@ -52,117 +56,75 @@ def install(app, limits: Mapping[str, int | str] | str, meter_url: str | None = 
     the app routes to that are meant to have no limit. Call it once, before the
     app sends or consumes anything. Raises NotInstalled with a sentence.
 
+    Brokers: redis://, rediss:// (TLS: the URL's ``ssl_*`` query or ``broker_use_ssl``),
+    redis+socket://, sentinel:// (``broker_transport_options={"master_name": ...}``;
+    admission runs on the master the sentinels name), amqp://, amqps://, pyamqp://,
+    sqs://, and failover lists of one kind (``"amqp://a;amqp://b"`` or a list). An app
+    with no broker_url uses Celery's default, amqp://guest@localhost//, and is guarded
+    as RabbitMQ. Any other broker (memory://, filesystem://, ...) is refused, since
+    nothing would bound it, unless its scheme is named in ``allow_unguarded``
+    (``allow_unguarded=("memory",)`` for tests): then nothing is bounded, every
+    submission is accepted, and install() logs a warning saying so.
+
+    Order: call install() after the app's configuration is set. On an app with no
+    configuration at all yet (a bare ``Celery("x")``) the guard is bound when its
+    configuration is first loaded, and it is bound again each time
+    ``config_from_object`` loads it anew. A broker set by assigning ``app.conf``
+    after install() (``app.conf.broker_url = ...``) is not followed: the app's next
+    connection (its first submission, its worker's start) raises NotInstalled.
+    A meter that follows a Redis broker follows the first URL of a failover list
+    (all of a sentinel:// list).
+
     ``rabbitmq_queue_version``: classic queues are declared with ``x-queue-version``
     2 (None: the broker's default, version 1 before RabbitMQ 4.0). Version 2 confirms
     a persistent message after writing it to disk, as version 1 does, at about 0.6x
     the latency (bench/RESULTS.md, finding 12). A queue that already exists with
     another version must keep it: RabbitMQ refuses the redeclaration (406).
+
+    ``rerunnable_chords``: when the app's results are in Celery's Redis backend
+    (now, or set after this call), a frozen chord applied again runs its body again
+    (:mod:`celery_floodgate.results`: one Redis DEL per chord application, nothing
+    per task). False leaves the backend as Celery makes it.
+
+    Lifetime: the app holds its guard, its signal receivers and flush threads, and
+    nothing global holds them: they go when the app is garbage-collected.
+
+    Other processes of the same app on RabbitMQ: the bounded queues are declared
+    with ``x-max-length``, and RabbitMQ refuses any other declaration of them. A
+    process that does not call install() (a worker started from a script, another
+    service) fails on its first publish or at worker start with ``406
+    PRECONDITION_FAILED - inequivalent arg 'x-max-length'``. Call install() there
+    with the same limits, or :func:`celery_floodgate.passive_queues` to use the
+    queues without declaring them (unguarded: see :mod:`celery_floodgate.declare`).
     """
     try:
         parsed = parse_limits(limits)
     except ValueError as exc:
         raise NotInstalled(str(exc)) from None
-    kind = broker_kind(app.conf.broker_url)
-    meter_url = meter_url or (app.conf.broker_url if kind == "redis" else None)
-    check_fits(app, parsed, kind, meter_url, frozenset(unbounded))
     guard = Guard(parsed, Meter(meter_url, Keys(key_prefix or f"backpressure:{app.main}")),
-                  kind, publish_timeout_s, max_countdown_s)
-    conf = app.conf
-    if kind in TRANSPORTS:
-        conf.broker_transport = TRANSPORTS[kind]
-    conf.broker_transport_options = {
-        **(conf.broker_transport_options or {}), GUARD_OPTION: guard.id,
-        **({"confirm_publish": True} if kind == "amqp" else {}),
-    }
-    arguments = rabbitmq_arguments(rabbitmq_queue_type, rabbitmq_queue_version)
-    conf.task_queues = declared_queues(conf, parsed, kind, arguments)
+                  "amqp", publish_timeout_s, max_countdown_s)
+    binding = Binding(guard, parsed, meter_url, frozenset(unbounded),
+                      frozenset(allow_unguarded),
+                      rabbitmq_arguments(rabbitmq_queue_type, rabbitmq_queue_version))
+    if has_configuration(app):
+        binding.apply(app)  # else: when the app's configuration is first loaded
+    bind(app, binding)
     _guard_amqp_helper(app)
     worker.connect(app, guard, frozenset(unbounded))
+    guard.attach(app)  # the app keeps its guard alive; nothing global does
+    if rerunnable_chords:
+        results.rerunnable_chords(app)
     return guard
 
 
-def check_fits(app, limits: dict[str, Limit], kind: str, meter_url: str | None,
-               unbounded: frozenset[str]) -> None:
-    routed, default = routed_queues(app)
-    never = sorted(set(limits) - routed - {default})
-    if never:
-        raise NotInstalled(f"limits name {_names(never)}, which the app never routes to; "
-                           "route a task there (task_routes, task_queues) or drop the limit")
-    missing = sorted(routed - set(limits) - unbounded)
-    if missing:
-        raise NotInstalled(f"the app routes to {_names(missing)} without a limit; give each "
-                           "a limit, or name it in unbounded= to leave it unbounded on purpose")
-    waits = sorted(q for q, limit in limits.items() if limit.wait_s is not None)
-    if waits and kind == "amqp":
-        raise NotInstalled(f"wait limits ({_names(waits)}) need the Redis broker; on RabbitMQ "
-                           "give a length (the broker enforces it exactly)")
-    if kind == "sqs" and not meter_url:
-        raise NotInstalled("on SQS the guard counts each queue's admissions in Redis (SQS has no "
-                           "length cap): pass meter_url, a Redis")
-    if waits and not meter_url:
-        raise NotInstalled(f"wait limits ({_names(waits)}) need meter_url, a Redis where "
-                           "workers record how fast they drain")
-
-
-def routed_queues(app) -> tuple[set[str], str]:
-    """The queues the app's configuration routes tasks to, and its default queue.
-
-    Read from task_queues, task_routes (mappings and (pattern, route) pairs; a
-    router function cannot be read) and tasks registered so far with ``queue=``.
-    """
-    conf = app.conf
-    found = {getattr(q, "name", q) for q in conf.task_queues or ()}
-    routes = conf.task_routes or ()
-    for router in routes if isinstance(routes, (list, tuple)) else [routes]:
-        items = router.items() if isinstance(router, Mapping) else (
-            [router] if isinstance(router, tuple) else [])
-        found.update(filter(None, (_queue_of(route) for _, route in items)))
-    found.update(t.queue for t in app._tasks.values() if getattr(t, "queue", None))
-    return {getattr(q, "name", q) for q in found}, conf.task_default_queue
-
-
-def _queue_of(route) -> str | None:
-    if isinstance(route, str):
-        return route
-    if isinstance(route, Mapping):
-        queue = route.get("queue")
-        return getattr(queue, "name", queue)
-    return None
-
-
-def rabbitmq_arguments(queue_type: str, queue_version: int | None) -> dict:
-    """Queue arguments beside the limit: quorum queues refuse ``x-queue-version``."""
-    arguments = {"x-queue-type": queue_type}
-    if queue_type == "classic" and queue_version is not None:
-        arguments["x-queue-version"] = queue_version
-    return arguments
-
-
-def declared_queues(conf, limits: dict[str, Limit], kind: str, arguments: dict) -> list[Queue]:
-    """The app's queues with every limited one declared durable, and bounded on RabbitMQ
-    (``arguments`` first, so an app's own x-queue-version wins; the limit last)."""
-    queues = {q.name: q for q in conf.task_queues or ()}
-    for name, limit in limits.items():
-        queue = copy.copy(queues[name]) if name in queues else Queue(
-            name, Exchange(name, type="direct", durable=True), routing_key=name, durable=True)
-        if kind == "amqp":
-            queue.queue_arguments = {
-                **arguments,
-                **(queue.queue_arguments or {}),
-                "x-max-length": limit.length if limit.length is not None else MAX_LENGTH,
-                "x-overflow": "reject-publish",
-                "x-queue-type": arguments["x-queue-type"],
-            }
-        queues[name] = queue
-    return list(queues.values())
-
-
-def _guard_amqp_helper(app) -> None:
+def _guard_amqp_helper(app: Any) -> None:
     """Give the app's AMQP helper our connection and producer pool, created or not yet."""
     current = app.amqp_cls if isinstance(app.amqp_cls, type) else type(app.amqp)
-    if not issubclass(current, GuardedAMQP):
-        app.amqp_cls = type(f"Guarded{current.__name__}", (GuardedAMQP, current), {})
-    if "amqp" in app.__dict__ and not isinstance(app.amqp, GuardedAMQP):
+    if not issubclass(current, BoundAMQP):
+        bases = (BoundAMQP, current) if issubclass(current, GuardedAMQP) else (
+            BoundAMQP, GuardedAMQP, current)
+        app.amqp_cls = type(f"Guarded{current.__name__}", bases, {})
+    if "amqp" in app.__dict__ and not isinstance(app.amqp, BoundAMQP):
         amqp = app.amqp
         amqp.__class__ = app.amqp_cls
         # Re-read task_queues, route and publish through ours; the protocols are bound
@@ -171,7 +133,3 @@ def _guard_amqp_helper(app) -> None:
             amqp.__dict__.pop(cached, None)
         amqp.task_protocols = {version: getattr(amqp, build.__name__, build)
                                for version, build in amqp.task_protocols.items()}
-
-
-def _names(queues: list[str]) -> str:
-    return ", ".join(repr(q) for q in queues)

@@ -39,11 +39,22 @@ RATE_CACHE_S = 1.0
 
 @dataclass(frozen=True)
 class Limit:
+    """One queue's limit: a length, or a maximum wait (exactly one of the two is set).
+
+    Build it with :func:`parse_limit`, which checks the range.
+
+    :param queue: the queue it bounds.
+    :param length: at most this many messages wait (ready, plus prefetched on Redis).
+    :param wait_s: at most this many seconds of work wait: the length bound is
+        ``wait_s`` x the measured drain rate (Redis only).
+    """
+
     queue: str
     length: int | None = None
     wait_s: float | None = None
 
     def describe(self) -> str:
+        """The limit as written in a spec: ``"500"`` or ``"30s"``."""
         return f"{self.length}" if self.length is not None else f"{self.wait_s:g}s"
 
 
@@ -52,7 +63,14 @@ _ITEM = re.compile(r"^\s*([A-Za-z_][\w.-]*)\s*=(.*)$")
 
 
 def parse_limit(queue: str, value: int | str) -> Limit:
-    """``500`` or ``"500"``: a length; ``"30s"``: a wait. Raises ValueError with a sentence."""
+    """Parse one queue's limit: ``500`` or ``"500"`` is a length, ``"30s"`` a wait.
+
+    :param queue: the queue the limit is for (named in the error).
+    :param value: a length 1 to 1,000,000, or a wait of up to 3600 seconds
+        written with an ``s``.
+    :returns: the :class:`Limit`.
+    :raises ValueError: with a sentence naming the queue and the accepted forms.
+    """
     if isinstance(value, bool) or not isinstance(value, (int, str)):
         raise ValueError(f"limit for {queue!r} must be a length (500) or a wait ('30s'), "
                          f"not {value!r}")
@@ -71,9 +89,15 @@ def parse_limit(queue: str, value: int | str) -> Limit:
 
 
 def parse_limits(spec: Mapping[str, int | str] | str) -> dict[str, Limit]:
-    """A mapping ``{"emails": 500, "reports": "30s"}`` or the text ``"emails=500,reports=30s"``."""
+    """Parse every queue's limit, as :func:`install` takes them.
+
+    :param spec: a mapping ``{"emails": 500, "reports": "30s"}`` or the same as
+        text, ``"emails=500,reports=30s"`` (e.g. from an environment variable).
+    :returns: queue name -> :class:`Limit`.
+    :raises ValueError: with a sentence naming the item that does not parse.
+    """
     if isinstance(spec, str):
-        items = {}
+        items: dict[str, int | str] = {}
         for part in filter(None, (p.strip() for p in spec.split(","))):
             match = _ITEM.match(part)
             if not match:
@@ -90,9 +114,11 @@ class Keys:
     prefix: str
 
     def drained(self, queue: str, epoch_s: int) -> str:
+        """Counter of messages taken off ``queue`` in second ``epoch_s``."""
         return f"{self.prefix}:drained:{queue}:{epoch_s}"
 
     def backlog(self, queue: str, epoch_s: int) -> str:
+        """Flag: ``queue`` had a backlog in second ``epoch_s``."""
         return f"{self.prefix}:backlog:{queue}:{epoch_s}"
 
     def window(self, queue: str, broker: str) -> str:
@@ -100,7 +126,9 @@ class Keys:
         return f"{self.prefix}:window:{broker}:{queue}"
 
     def ticket(self, queue: str) -> str:
+        """The next free slot of ``queue``'s virtual waiting line (Retry-After tickets)."""
         return f"{self.prefix}:ticket:{queue}"
 
     def redeliveries(self, task_id: str) -> str:
+        """How often the message of ``task_id`` was delivered again."""
         return f"{self.prefix}:redeliveries:{task_id}"

@@ -27,7 +27,9 @@ MEMO_MAX_S = 0.05
 
 
 @dataclass
-class Full:
+class _Full:
+    """One queue's remembered refusal."""
+
     until: float      # monotonic: remembered until then
     depth: int
     bound: int
@@ -37,8 +39,10 @@ class Full:
 
 
 class RefusalMemo:
+    """The broker's recent refusals, per queue, for one guard; thread-safe."""
+
     def __init__(self) -> None:
-        self._full: dict[str, Full] = {}
+        self._full: dict[str, _Full] = {}
         self._lock = threading.Lock()
 
     def remember(self, queue: str, depth: int, bound: int, wait_s: float,
@@ -48,8 +52,8 @@ class RefusalMemo:
             return
         now, interval_s = time.monotonic(), 1 / rate
         with self._lock:
-            self._full[queue] = Full(now + min(interval_s, MEMO_MAX_S), depth, bound,
-                                     now + wait_s + interval_s, interval_s)
+            self._full[queue] = _Full(now + min(interval_s, MEMO_MAX_S), depth, bound,
+                                      now + wait_s + interval_s, interval_s)
 
     def refusal(self, queue: str) -> tuple[int, int, float] | None:
         """(depth, bound, seconds to this caller's ticket) while ``queue`` is remembered full."""
@@ -77,5 +81,6 @@ class RefusalMemo:
             return pending
 
     def clear(self) -> None:
+        """Forget every refusal."""
         with self._lock:
             self._full.clear()

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import threading
 import time
+import weakref
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 import redis
 
@@ -24,24 +26,37 @@ from celery_floodgate.limits import (
     WINDOW_FRESH_S,
     Keys,
 )
+from celery_floodgate.redis_client import redis_client
 
 FLUSH_INTERVAL_S = 1.0
 
 
 class Meter:
-    """Reads and writes one app's drain figures in one Redis (``url=None``: no meter)."""
+    """Reads and writes one app's drain figures in one Redis (``url=None``: no meter).
 
-    def __init__(self, url: str | None, keys: Keys) -> None:
+    ``url``: redis://, rediss://, redis+socket:// or sentinel:// (see
+    :func:`celery_floodgate.redis_client.redis_client` for ``options``).
+    """
+
+    def __init__(self, url: str | None, keys: Keys,
+                 options: Mapping[str, Any] | None = None) -> None:
         self.url, self.keys = url, keys
+        self.options: dict[str, Any] = dict(options or {})
         self._client: redis.Redis | None = None
         self.counter = DrainCounter(self)
 
     @property
     def client(self) -> redis.Redis | None:
+        """The meter's Redis client, made on first use; None without a meter."""
         if self._client is None and self.url:
-            self._client = redis.Redis.from_url(self.url, socket_timeout=1,
-                                                socket_connect_timeout=1)
+            self._client = redis_client(self.url, self.options, timeout_s=1)
         return self._client
+
+    def point_at(self, url: str | None, options: Mapping[str, Any] | None = None) -> None:
+        """Use this Redis from now on (install() follows an app whose configuration is
+        loaded again); a client already made for another is dropped."""
+        if (url, dict(options or {})) != (self.url, self.options):
+            self.url, self.options, self._client = url, dict(options or {}), None
 
     def drain_rate(self, queue: str, window_s: int = DRAIN_WINDOW_S,
                    lookback_s: int = DRAIN_LOOKBACK_S) -> float | None:
@@ -82,7 +97,8 @@ class Meter:
         fresh_after = time.time() - WINDOW_FRESH_S
         held = 0
         for value in entries.values():
-            window, _, at = value.decode().partition("|")
+            text = value.decode() if isinstance(value, bytes) else value
+            window, _, at = text.partition("|")
             if float(at or 0) >= fresh_after:
                 held += int(window)
         return held
@@ -126,7 +142,9 @@ class DrainCounter:
     def _start(self) -> None:
         with self._lock:
             if self._thread is None:
-                self._thread = threading.Thread(target=self._run, daemon=True, name="drain-meter")
+                self._thread = threading.Thread(target=_flush_every_second,
+                                                args=(weakref.ref(self),), daemon=True,
+                                                name="drain-meter")
                 self._thread.start()
 
     def _backlogged(self) -> list[str]:
@@ -155,7 +173,7 @@ class DrainCounter:
             with self._lock:  # keep the counts for the next flush
                 self._counts.update(counts)
 
-    def _report_window(self, pipe, now: int) -> None:
+    def _report_window(self, pipe: Any, now: int) -> None:
         if self._window is None:
             return
         worker, broker, window = self._window
@@ -164,7 +182,14 @@ class DrainCounter:
             pipe.hset(key, worker, f"{window}|{now}")
             pipe.expire(key, BUCKET_TTL_S)
 
-    def _run(self) -> None:
-        while True:
-            time.sleep(FLUSH_INTERVAL_S)
-            self.flush()
+
+def _flush_every_second(ref: "weakref.ref[DrainCounter]") -> None:
+    """The flush thread holds its counter only while flushing: it ends once the counter
+    (its meter, guard and app) is freed, rather than keep them for good."""
+    while True:
+        time.sleep(FLUSH_INTERVAL_S)
+        found = ref()
+        if found is None:
+            return
+        found.flush()
+        del found

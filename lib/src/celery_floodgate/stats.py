@@ -3,19 +3,44 @@ from __future__ import annotations
 
 import json
 import time
+from typing import TYPE_CHECKING, Any, TypedDict
 
 from celery_floodgate.transports import GUARD_OPTION
 from celery_floodgate.transports.redis import SENT_AT_HEADER
 
+if TYPE_CHECKING:
+    from celery import Celery
+    from kombu.connection import Connection
 
-def guard_for(app):
-    """The guard install() put on ``app``, or None."""
+    from celery_floodgate.guard import Guard
+
+
+class QueueStats(TypedDict):
+    """One queue's figures in :func:`queue_stats`."""
+
+    #: Messages ready in the broker; None if the broker did not answer.
+    depth: int | None
+    #: The length the queue may reach now (a wait limit's follows the drain rate).
+    limit: int
+    #: Messages per second workers take off it; None until measured.
+    drain_rate: float | None
+    #: Seconds the next message to run has waited (Redis only; None elsewhere).
+    oldest_age_s: float | None
+
+
+def guard_for(app: Celery) -> Guard | None:
+    """The guard :func:`~celery_floodgate.install` put on ``app``.
+
+    :param app: a Celery app.
+    :returns: its :class:`~celery_floodgate.Guard` (limits, meter, broker kind),
+        or None if ``install()`` was not called on it.
+    """
     from celery_floodgate.guard import Guard
 
     return Guard.registered((app.conf.broker_transport_options or {}).get(GUARD_OPTION))
 
 
-def depth(app, queue: str) -> int | None:
+def depth(app: Celery, queue: str) -> int | None:
     """Ready messages, as the broker counts them; None if the broker did not answer."""
     try:
         with app.connection_for_write() as conn:
@@ -25,32 +50,36 @@ def depth(app, queue: str) -> int | None:
         return None
 
 
-def ready(channel, queue: str) -> int:
+def ready(channel: Any, queue: str) -> int:
+    """Ready messages in ``queue``, read on a kombu channel of any of the brokers."""
     # Redis: the lists' length (an empty queue does not "exist"). SQS: GetQueueAttributes'
     # ApproximateNumberOfMessages, visible messages only, as RabbitMQ's message_count; the
     # SQS guard's own count (in flight included) is in its admission set (transports/sqs.py).
     if hasattr(channel, "_size"):
-        return channel._size(queue)
-    return channel.queue_declare(queue, passive=True).message_count
+        return int(channel._size(queue))
+    return int(channel.queue_declare(queue, passive=True).message_count)
 
 
 class DepthReader:
     """``depth`` over one long-lived connection, for a once-a-second reader (the meter)."""
 
-    def __init__(self, app) -> None:
-        self.app, self.conn = app, None
+    def __init__(self, app: Celery) -> None:
+        self.app = app
+        self.conn: Connection | None = None
 
     def __call__(self, queue: str) -> int | None:
         try:
-            if self.conn is None:
-                self.conn = self.app.connection_for_write()
-                self.conn.ensure_connection(max_retries=1, timeout=1)
-            return ready(self.conn.default_channel, queue)
+            conn = self.conn
+            if conn is None:
+                conn = self.conn = self.app.connection_for_write()
+                conn.ensure_connection(max_retries=1, timeout=1)
+            return ready(conn.default_channel, queue)
         except Exception:  # noqa: BLE001 - try a fresh connection next time
             self.close()
             return None
 
     def close(self) -> None:
+        """Close the connection, if open; the next reading opens a new one."""
         conn, self.conn = self.conn, None
         if conn is not None:
             try:
@@ -59,7 +88,7 @@ class DepthReader:
                 pass
 
 
-def oldest_age_s(app, queue: str) -> float | None:
+def oldest_age_s(app: Celery, queue: str) -> float | None:
     """Age of the next message to run; Redis can tell, RabbitMQ cannot without consuming."""
     guard = guard_for(app)
     if guard is None or guard.broker_kind != "redis":
@@ -77,8 +106,16 @@ def oldest_age_s(app, queue: str) -> float | None:
     return max(0.0, time.time() - sent_at) if sent_at else None
 
 
-def queue_stats(app) -> dict[str, dict]:
-    """Per limited queue: depth, current bound, drain rate and oldest message's age."""
+def queue_stats(app: Celery) -> dict[str, QueueStats]:
+    """Live figures of every limited queue of ``app``, read from the broker and the meter.
+
+    Costs a broker round trip or two per queue: for a status page or a metrics
+    scrape, not for each submission.
+
+    :param app: a Celery app.
+    :returns: queue name -> its :class:`QueueStats` (``depth``, ``limit``,
+        ``drain_rate``, ``oldest_age_s``); empty if ``install()`` was not called.
+    """
     guard = guard_for(app)
     if guard is None:
         return {}

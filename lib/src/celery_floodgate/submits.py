@@ -19,13 +19,18 @@ import threading
 import time
 import weakref
 from collections import Counter
-from typing import Any
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
 
 import redis
 
 from celery_floodgate.limits import BUCKET_TTL_S
 
+if TYPE_CHECKING:
+    from celery_floodgate.meter import Meter
+
 ACCEPTED, REFUSED = "accepted", "refused"
+THREAD_NAME = "submit-counter"
 FLUSH_INTERVAL_S = 1.0
 WINDOW_S = 60
 
@@ -35,36 +40,46 @@ def key(prefix: str, outcome: str, queue: str, epoch_s: int) -> str:
 
 
 class SubmitCounter:
-    """One process's counts for one meter, flushed by one daemon thread."""
+    """One process's counts for one meter, flushed by one daemon thread.
 
-    def __init__(self, meter) -> None:
-        self.meter = meter
+    The counter holds its meter weakly, and the thread holds the counter weakly: the
+    thread ends within a second of the meter (its guard, its app) being freed.
+    """
+
+    def __init__(self, meter: Meter) -> None:
+        self._meter = weakref.ref(meter)
         self._counts: Counter[tuple[str, str]] = Counter()
         self._lock = threading.Lock()
         self._pid: int | None = None  # the process whose thread flushes; a fork starts anew
 
     def add(self, queue: str, outcome: str) -> None:
         if self._pid != os.getpid():
-            self._start()
+            self.start()
         with self._lock:
             self._counts[(outcome, queue)] += 1
 
-    def _start(self) -> None:
+    def start(self) -> None:
+        """Start this process's flush thread, unless it runs already (install() calls it;
+        a forked child starts its own on its first submission)."""
         with _start_lock:
             if self._pid == os.getpid():
                 return
             self._lock = threading.Lock()  # a lock held across fork would never be released
             self._counts = Counter()       # the parent flushes its own counts
             self._pid = os.getpid()
-            threading.Thread(target=self._run, daemon=True, name="submit-counter").start()
+            meter = self._meter()
+            if meter is not None and meter.url:  # no meter, nothing to flush into
+                threading.Thread(target=_flush_every_second, args=(weakref.ref(self),),
+                                 daemon=True, name=thread_name(meter)).start()
 
     def flush(self) -> None:
         with self._lock:
             counts, self._counts = self._counts, Counter()
-        client = self.meter.client
-        if not counts or client is None:
+        meter = self._meter()
+        client = meter.client if meter is not None else None
+        if not counts or meter is None or client is None:
             return
-        now, prefix = int(time.time()), self.meter.keys.prefix
+        now, prefix = int(time.time()), meter.keys.prefix
         try:
             with client.pipeline(transaction=False) as pipe:
                 for (outcome, queue), n in counts.items():
@@ -76,18 +91,32 @@ class SubmitCounter:
             with self._lock:  # keep the counts for the next flush
                 self._counts.update(counts)
 
-    def _run(self) -> None:
-        pid = os.getpid()
-        while self._pid == pid:
-            time.sleep(FLUSH_INTERVAL_S)
-            self.flush()
+
+def thread_name(meter: Meter) -> str:
+    """The flush thread's name: ``submit-counter:<key prefix>``."""
+    return f"{THREAD_NAME}:{meter.keys.prefix}"
+
+
+def _flush_every_second(ref: "weakref.ref[SubmitCounter]") -> None:
+    """The flush thread: holds its counter only while flushing, and ends when the counter
+    is freed or the process forked (the child starts its own)."""
+    pid = os.getpid()
+    while True:
+        time.sleep(FLUSH_INTERVAL_S)
+        found = ref()
+        if found is None or found._pid != pid:
+            return
+        found.flush()
+        del found
 
 
 _start_lock = threading.Lock()
-_counters: "weakref.WeakKeyDictionary[object, SubmitCounter]" = weakref.WeakKeyDictionary()
+# Keyed weakly by meter; the counter holds its meter weakly too, so the entry goes with it.
+_counters: "weakref.WeakKeyDictionary[Meter, SubmitCounter]" = weakref.WeakKeyDictionary()
 
 
-def counter(meter) -> SubmitCounter:
+def counter(meter: Meter) -> SubmitCounter:
+    """The process's counter for ``meter``, made on first use."""
     found = _counters.get(meter)
     if found is None:
         with _start_lock:
@@ -95,7 +124,7 @@ def counter(meter) -> SubmitCounter:
     return found
 
 
-def record(meter, queue: str, outcome: str) -> None:
+def record(meter: Meter, queue: str, outcome: str) -> None:
     """Count one submission to ``queue`` (ACCEPTED or REFUSED); never raises, never waits
     on the network."""
     try:
@@ -104,19 +133,21 @@ def record(meter, queue: str, outcome: str) -> None:
         pass
 
 
-def last_minute(meter, queues, window_s: int = WINDOW_S) -> dict[str, dict[str, int]]:
+def last_minute(meter: Meter, queues: Iterable[str],
+                window_s: int = WINDOW_S) -> dict[str, dict[str, int]]:
     """Per queue, ``{"accepted": n, "refused": n}`` over the last ``window_s`` seconds
     (the current second included: what was flushed so far); ``{}`` without a meter."""
-    client, queues = meter.client, list(queues)
-    if client is None or not queues:
+    client, names_of = meter.client, list(queues)
+    if client is None or not names_of:
         return {}
     now = int(time.time())
     seconds = range(now - window_s + 1, now + 1)
     names = [key(meter.keys.prefix, outcome, queue, s)
-             for queue in queues for outcome in (ACCEPTED, REFUSED) for s in seconds]
+             for queue in names_of for outcome in (ACCEPTED, REFUSED) for s in seconds]
     values = client.mget(names)
-    totals, i = {}, 0
-    for queue in queues:
+    totals: dict[str, dict[str, int]] = {}
+    i = 0
+    for queue in names_of:
         totals[queue] = {}
         for outcome in (ACCEPTED, REFUSED):
             totals[queue][outcome] = sum(int(v) for v in values[i:i + window_s] if v)

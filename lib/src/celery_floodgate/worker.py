@@ -1,35 +1,46 @@
 """What install() hooks into the app's workers: observers only, none can veto.
 
 Celery's signals are process-wide, so each receiver first checks that the
-worker belongs to the app it was installed on.
+worker belongs to the app it was installed on. The signals hold the receivers
+weakly and the guard holds them strongly: they live exactly as long as the app
+(which holds its guard), and an app that is dropped leaves nothing connected.
 """
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from celery.signals import task_received, worker_ready
 
+from celery_floodgate.guard import Guard
 from celery_floodgate.stats import DepthReader
 from celery_floodgate.transports import broker_id
 
 log = logging.getLogger("celery_floodgate")
 
 
-def connect(app, guard, unbounded: frozenset[str]) -> None:
-    def count_drained(sender=None, request=None, **_):
-        if sender is None or sender.app is not app or request is None:
+class Receivers:
+    """The signal receivers of one app's guard."""
+
+    def __init__(self, app: Any, guard: Guard, unbounded: frozenset[str]) -> None:
+        self.app, self.guard, self.unbounded = app, guard, unbounded
+
+    def count_drained(self, sender: Any = None, request: Any = None, **_: Any) -> None:
+        """Count a message this app's worker took off its queue (the drain rate)."""
+        if sender is None or sender.app is not self.app or request is None:
             return
         queue = (request.delivery_info or {}).get("routing_key")
         if queue:
-            guard.meter.counter.add(queue)
+            self.guard.meter.counter.add(queue)
 
-    def watch_backlog(sender=None, **_):
+    def watch_backlog(self, sender: Any = None, **_: Any) -> None:
         """Mark backlogged seconds of this worker's queues, report its prefetch window,
         and name any queue it consumes that has no limit."""
+        app, guard = self.app, self.guard
         if sender is None or sender.app is not app:
             return
         consumed = set(app.amqp.queues.consume_from or app.amqp.queues)
-        unlimited = sorted(consumed - set(guard.limits) - unbounded)
+        unlimited = sorted(consumed - set(guard.limits) - self.unbounded)
         if unlimited:
             log.error("this worker consumes %s, which %s no limit: give each a limit in "
                       "install(limits=...), or name it in unbounded=",
@@ -39,5 +50,10 @@ def connect(app, guard, unbounded: frozenset[str]) -> None:
                                   worker=sender.hostname, broker=broker_id(sender.connection),
                                   window=window)
 
-    task_received.connect(count_drained, weak=False)
-    worker_ready.connect(watch_backlog, weak=False)
+
+def connect(app: Any, guard: Guard, unbounded: frozenset[str]) -> Receivers:
+    """Connect ``app``'s receivers, weakly; ``guard`` keeps them (see the module's text)."""
+    receivers = guard.receivers = Receivers(app, guard, unbounded)
+    task_received.connect(receivers.count_drained, weak=True)
+    worker_ready.connect(receivers.watch_backlog, weak=True)
+    return receivers

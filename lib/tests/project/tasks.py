@@ -9,7 +9,7 @@ from celery_floodgate import install
 
 app = Celery("tasks")
 app.config_from_object("config")
-guard = install(app, limits={"bounded": int(os.environ.get("LIB_TEST_LIMIT", "20")),
+guard = install(app, limits={"bounded": os.environ.get("LIB_TEST_LIMIT", "20"),
                              "celery": 1000},
                 meter_url=os.environ.get("LIB_TEST_METER_URL"),
                 key_prefix=os.environ.get("LIB_TEST_KEY_PREFIX"))
@@ -24,3 +24,18 @@ def add(x, y):
 def slow(seconds):
     time.sleep(seconds)
     return seconds
+
+
+@app.task
+def record(key, value):
+    """Append ``value`` to the Redis list ``key`` (the suite's database): a run, counted."""
+    import redis
+
+    redis.Redis.from_url(os.environ["LIB_TEST_METER_URL"]).rpush(key, repr(value))
+    return value
+
+
+@app.task
+def collect(results, key):
+    """A chord body: records the header's results under ``key``."""
+    return record(key, results)

@@ -13,27 +13,28 @@ from __future__ import annotations
 
 import hashlib
 from importlib import resources
+from typing import TYPE_CHECKING, Any
 
 from redis.exceptions import NoScriptError
 
+from celery_floodgate.transports.urls import SCHEMES
+
+if TYPE_CHECKING:
+    from celery_floodgate.guard import Guard
+
 #: The transport option that names the guard of the app a connection belongs to.
 GUARD_OPTION = "floodgate_guard"
-#: kombu names a connection's scheme after its transport; ours keep kombu's names.
-SCHEMES = {
-    "celery_floodgate.transports.redis:Transport": "redis",
-    "celery_floodgate.transports.amqp:Transport": "amqp",
-    "celery_floodgate.transports.sqs:Transport": "sqs",
-}
+__all__ = ["GUARD_OPTION", "SCHEMES", "LuaScript", "broker_id", "guard_of", "uri_of"]
 
 
-def uri_of(connection, include_password: bool = False) -> str:
+def uri_of(connection: Any, include_password: bool = False) -> str:
     """The connection's URL as kombu would write it for its own transport (redis://, amqp://)."""
-    uri = connection.as_uri(include_password=include_password)
+    uri = str(connection.as_uri(include_password=include_password))
     scheme = SCHEMES.get(connection.transport_cls)
     return uri.replace(f"{connection.transport_cls}://", f"{scheme}://", 1) if scheme else uri
 
 
-def broker_id(connection) -> str:
+def broker_id(connection: Any) -> str:
     """Which broker a connection talks to (password masked): prefetch windows are per broker."""
     return uri_of(connection)
 
@@ -50,14 +51,14 @@ class LuaScript:
         self.text = "\n".join(folder.joinpath(name).read_text() for name in names)
         self.sha = hashlib.sha1(self.text.encode()).hexdigest()
 
-    def __call__(self, client, keys: list[str], args: tuple):
+    def __call__(self, client: Any, keys: list[str], args: tuple[Any, ...]) -> Any:
         try:
             return client.evalsha(self.sha, len(keys), *keys, *args)
         except NoScriptError:
             return client.eval(self.text, len(keys), *keys, *args)
 
 
-def guard_of(holder):
+def guard_of(holder: Any) -> Guard | None:
     """The guard installed on the app a kombu connection (or an app's conf) belongs to."""
     from celery_floodgate.guard import Guard
 

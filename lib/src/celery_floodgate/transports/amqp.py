@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import socket
 import time
+from typing import Any
 
 from amqp.exceptions import MessageNacked
 from amqp.transport import TCPTransport
@@ -22,12 +23,15 @@ from celery_floodgate.transports import guard_of
 from celery_floodgate.transports.redis import SENT_AT_HEADER
 
 
-class Channel(pyamqp.Channel):
-    def basic_publish_confirm(self, *args, **kwargs):
+class Channel(pyamqp.Channel):  # type: ignore[misc]  # kombu is read as Any
+    """kombu's py-amqp channel whose confirmed publish to a limited queue refuses with
+    QueueFull when the broker nacks it, and times out instead of hanging."""
+
+    def basic_publish_confirm(self, *args: Any, **kwargs: Any) -> Any:
+        """Publish and wait for the confirm; a nack -> QueueFull, a timeout -> BrokerUnavailable."""
         routing_key = kwargs.get("routing_key", args[2] if len(args) > 2 else "")
         guard = guard_of(self.connection.client)
-        limit = guard.limit_for(routing_key) if guard else None
-        if limit is None:
+        if guard is None or (limit := guard.limit_for(routing_key)) is None:
             return super().basic_publish_confirm(*args, **kwargs)
         if args:
             headers = args[0].properties.setdefault("application_headers", {})
@@ -50,7 +54,7 @@ class Channel(pyamqp.Channel):
         return result
 
 
-class ReadAheadTCPTransport(TCPTransport):
+class ReadAheadTCPTransport(TCPTransport):  # type: ignore[misc]  # py-amqp is untyped
     """py-amqp reads each frame with three ``recv`` calls of the exact sizes (header,
     payload, end byte): nine system calls for a delivered message, three for a
     publisher confirm. This one asks for whatever the socket holds, up to
@@ -63,16 +67,19 @@ class ReadAheadTCPTransport(TCPTransport):
     """
 
     READ_AHEAD_BYTES = 64 * 1024
+    _buf: bytes
+    _pos: int
 
     @property
     def _read_buffer(self) -> bytes:
         return self._buf[self._pos:]
 
     @_read_buffer.setter
-    def _read_buffer(self, value) -> None:
+    def _read_buffer(self, value: bytes | bytearray) -> None:
         self._buf, self._pos = bytes(value), 0
 
-    def _read(self, n, initial=False, _errnos=(errno.EAGAIN, errno.EINTR)):
+    def _read(self, n: int, initial: bool = False,
+              _errnos: tuple[int, ...] = (errno.EAGAIN, errno.EINTR)) -> bytes:
         buf, pos = self._buf, self._pos
         if len(buf) - pos >= n:
             self._pos = pos + n
@@ -98,11 +105,15 @@ class ReadAheadTCPTransport(TCPTransport):
         return buf[:n]
 
 
-class Connection(pyamqp.Connection):
+class Connection(pyamqp.Connection):  # type: ignore[misc]  # kombu is read as Any
+    """kombu's py-amqp connection with the guarded :class:`Channel`, reading ahead on plain TCP."""
+
     Channel = Channel
 
-    def Transport(self, host, connect_timeout, ssl=False, read_timeout=None,
-                  write_timeout=None, socket_settings=None, **kwargs):
+    def Transport(self, host: str, connect_timeout: float | None, ssl: Any = False,
+                  read_timeout: float | None = None, write_timeout: float | None = None,
+                  socket_settings: Any = None, **kwargs: Any) -> Any:
+        """py-amqp's socket transport: :class:`ReadAheadTCPTransport` unless over TLS."""
         options = dict(read_timeout=read_timeout, write_timeout=write_timeout,
                        socket_settings=socket_settings, **kwargs)
         if ssl:
@@ -110,5 +121,7 @@ class Connection(pyamqp.Connection):
         return ReadAheadTCPTransport(host, connect_timeout=connect_timeout, **options)
 
 
-class Transport(pyamqp.Transport):
+class Transport(pyamqp.Transport):  # type: ignore[misc]  # kombu is read as Any
+    """The kombu transport :func:`celery_floodgate.install` sets for ``amqp://`` brokers."""
+
     Connection = Connection

@@ -7,24 +7,34 @@ says nothing about the connection; every other error still replaces it.
 """
 from __future__ import annotations
 
-from kombu import Connection, Producer, pools
+from types import TracebackType
+from typing import Any
+
+from kombu import pools
+from kombu.connection import Connection
+from kombu.messaging import Producer
 
 from celery_floodgate.errors import Refused
 from celery_floodgate.transports import SCHEMES, guard_of
 from celery_floodgate.transports.lean import LeanPublish
 
 
-class GuardedConnection(Connection):
+class GuardedConnection(Connection):  # type: ignore[misc]  # kombu is read as Any
     """URLs (worker banner, Flower's broker view) still read redis:// and amqp://."""
 
-    def as_uri(self, include_password=False, mask="**", **kwargs) -> str:
-        uri = super().as_uri(include_password, mask, **kwargs)
+    def as_uri(self, include_password: bool = False, mask: str = "**", *args: Any,
+               **kwargs: Any) -> str:
+        """kombu's URL of the connection, with the scheme kombu's own transport has."""
+        uri: str = super().as_uri(include_password, mask, *args, **kwargs)
         scheme = SCHEMES.get(self.transport_cls)
         return uri.replace(f"{self.transport_cls}://", f"{scheme}://", 1) if scheme else uri
 
 
-class KeepsConnectionOnRefusal(Producer):
-    def __exit__(self, exc_type, exc_val, exc_tb) -> None:
+class KeepsConnectionOnRefusal(Producer):  # type: ignore[misc]  # kombu is read as Any
+    """A pooled producer that keeps its connection when a message was refused."""
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc_val: BaseException | None,
+                 exc_tb: TracebackType | None) -> None:
         if exc_type is not None and issubclass(exc_type, Refused):
             self.release()
             return
@@ -37,9 +47,11 @@ class GuardedAMQP(LeanPublish):
 
     Connection = GuardedConnection
     BrokerConnection = GuardedConnection
+    _producer_pool: pools.ProducerPool | None
 
     @property
-    def producer_pool(self):
+    def producer_pool(self) -> pools.ProducerPool:
+        """The app's producer pool, of :class:`KeepsConnectionOnRefusal` producers."""
         if self._producer_pool is None:
             connections = pools.connections[self.app.connection_for_write()]
             self._producer_pool = pools.ProducerPool(
@@ -48,7 +60,7 @@ class GuardedAMQP(LeanPublish):
 
     publisher_pool = producer_pool
 
-    def Router(self, *args, **kwargs):
+    def Router(self, *args: Any, **kwargs: Any) -> Any:
         """Celery's router, which also answers a remembered refusal (lib/src/celery_floodgate/memo.py)
         as soon as the queue is known: before a message is built or a connection taken."""
         router = super().Router(*args, **kwargs)
@@ -56,7 +68,7 @@ class GuardedAMQP(LeanPublish):
         if guard is None:
             return router
 
-        def route_or_refuse(options, name, *rest, **kw):
+        def route_or_refuse(options: Any, name: str, *rest: Any, **kw: Any) -> Any:
             routed = route(options, name, *rest, **kw)
             queue = routed.get("queue")
             full = guard.recent_refusal(getattr(queue, "name", queue))

@@ -2,37 +2,47 @@
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING, Any
 
 import redis
 from kombu.transport import redis as kombu_redis
+from kombu.utils.json import dumps
 
 from celery_floodgate.errors import BrokerUnavailable
 from celery_floodgate.limits import RETRY_AFTER_MAX_S
 from celery_floodgate.transports import LuaScript, broker_id, guard_of
 from celery_floodgate.transports.redis_consume import BatchConsume
 
+if TYPE_CHECKING:
+    from celery_floodgate.guard import Guard
+
 ADMIT = LuaScript("line.lua", "admit.lua")
 SENT_AT_HEADER = "fg_sent_at"
 
 
-class Channel(BatchConsume, kombu_redis.Channel):
+class Admission:
+    """The guarded push, mixed into a kombu Redis channel (plain, or Sentinel's)."""
+
     # Batched publishes would bypass the per-message admission below.
     supports_batch_publish = False
+    connection: Any
 
-    def _put(self, queue, message, **kwargs):
+    def _put(self, queue: str, message: dict[str, Any], **kwargs: Any) -> None:
         guard = guard_of(self.connection.client)
         limit = guard.limit_for(queue) if guard else None
-        if limit is None:  # reply and pidbox queues, and other apps' queues, are not ours
-            return super()._put(queue, message, **kwargs)
+        if guard is None or limit is None:  # reply, pidbox and other apps' queues are not ours
+            super()._put(queue, message, **kwargs)  # type: ignore[misc]
+            return
         headers = message.setdefault("headers", {})
         guard.check_eta(queue, headers.get("eta"))
         headers.setdefault(SENT_AT_HEADER, time.time())  # for the oldest message's age
         bound = guard.length_bound(limit)
         room = guard.room_in_broker(queue, self.broker_id(), bound)
-        lists = list(dict.fromkeys(self._q_for_pri(queue, p) for p in self.priority_steps))
-        target = self._q_for_pri(queue, self._get_message_priority(message, reverse=False))
+        channel: Any = self
+        lists = list(dict.fromkeys(channel._q_for_pri(queue, p) for p in channel.priority_steps))
+        target = channel._q_for_pri(queue, channel._get_message_priority(message, reverse=False))
         rate = guard.drain_rate(queue) or 0
-        args = (room, lists.index(target) + 1, kombu_redis.dumps(message), rate,
+        args = (room, lists.index(target) + 1, dumps(message), rate,
                 RETRY_AFTER_MAX_S, max(1, bound) / rate if rate else 0,
                 guard.pending_tickets(queue))
         try:
@@ -52,15 +62,24 @@ class Channel(BatchConsume, kombu_redis.Channel):
             found = self._fg_broker_id = broker_id(self.connection.client)
         return found
 
-    def _admit_client(self, guard) -> redis.Redis:
+    def _admit_client(self, guard: Guard) -> redis.Redis:
         """A client whose reads time out, kept apart from the worker's blocking BRPOPs."""
-        client = getattr(self, "_fg_admit_client", None)
+        client: redis.Redis | None = getattr(self, "_fg_admit_client", None)
         if client is None:
-            params = {**self._connparams(), "socket_timeout": guard.publish_timeout_s}
-            client = self._fg_admit_client = redis.Redis(
-                connection_pool=redis.ConnectionPool(**params))
+            client = self._fg_admit_client = self._timed_client(guard.publish_timeout_s)
         return client
 
+    def _timed_client(self, timeout_s: float) -> redis.Redis:
+        """A client of the channel's Redis (TCP, TLS or unix socket) with a read timeout."""
+        params = {**self._connparams(), "socket_timeout": timeout_s}  # type: ignore[attr-defined]
+        return redis.Redis(connection_pool=redis.ConnectionPool(**params))
 
-class Transport(kombu_redis.Transport):
+
+class Channel(Admission, BatchConsume, kombu_redis.Channel):  # type: ignore[misc]
+    """kombu's Redis channel with the guarded push and the batched consume."""
+
+
+class Transport(kombu_redis.Transport):  # type: ignore[misc]
+    """redis://, rediss:// and redis+socket://, guarded (install() sets it)."""
+
     Channel = Channel

@@ -45,15 +45,23 @@ from __future__ import annotations
 
 import logging
 from collections import deque
+from collections.abc import Iterator
 from contextlib import contextmanager
 from time import time
+from typing import TYPE_CHECKING, Any
 
 from kombu.transport import redis as kombu_redis
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import loads
+from redis import Redis
 from redis.exceptions import ResponseError
 
 from celery_floodgate.transports import LuaScript
+
+if TYPE_CHECKING:  # the mixin's attributes and super() are those of kombu's Redis channel
+    from kombu.transport.redis import Channel as _RedisChannel
+else:
+    _RedisChannel = object
 
 log = logging.getLogger("floodgate.redis_consume")
 
@@ -71,30 +79,37 @@ class Held:
 
     __slots__ = ("delivery_tag", "fetched_at", "_raw")
 
-    def __init__(self, delivery_tag: str, fetched_at: float, raw: dict) -> None:
+    def __init__(self, delivery_tag: str, fetched_at: float, raw: dict[str, Any]) -> None:
         self.delivery_tag, self.fetched_at, self._raw = delivery_tag, fetched_at, raw
 
-    def serializable(self) -> dict:  # kombu's emergency dump, should a restore fail
+    def serializable(self) -> dict[str, Any]:
+        """The raw message: kombu's emergency dump, should a restore fail."""
         return self._raw
 
 
-class BatchQoS(kombu_redis.QoS):
+class BatchQoS(kombu_redis.QoS):  # type: ignore[misc]  # kombu is read as Any
     """kombu's Redis QoS with held messages and batched acks."""
 
-    def __init__(self, *args, **kwargs):
+    channel: BatchConsume
+    visibility_timeout: float
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._acks: deque[str] = deque()  # acked tags not yet removed from Redis
 
     # -- fetch side ------------------------------------------------------------------
-    def hold(self, delivery_tag: str, fetched_at: float, raw: dict) -> None:
+    def hold(self, delivery_tag: str, fetched_at: float, raw: dict[str, Any]) -> None:
+        """Count a fetched message against the prefetch window until Celery takes it."""
         if self._dirty:
             self._flush()
         self._quick_append(delivery_tag, Held(delivery_tag, fetched_at, raw))
 
-    def append(self, message, delivery_tag):
+    def append(self, message: Any, delivery_tag: str) -> None:
+        """Celery took the message: it replaces its placeholder (kombu's ``append`` else)."""
         held = self._delivered.get(delivery_tag)
         if held.__class__ is not Held:  # not fetched by consume.lua: kombu's way
-            return super().append(message, delivery_tag)
+            super().append(message, delivery_tag)
+            return
         if time() - held.fetched_at > self._refresh_after:
             self._refresh_held()
         if self._dirty:
@@ -123,15 +138,18 @@ class BatchQoS(kombu_redis.QoS):
                 self.restore_by_tag(tag, client=self.channel._fg_client(), leftmost=True)
 
     # -- ack side --------------------------------------------------------------------
-    def ack(self, delivery_tag):
+    def ack(self, delivery_tag: str) -> None:
+        """Done in memory now; removed from Redis with the next batch of acks."""
         if not self.channel._fg_batching:
-            return super().ack(delivery_tag)
+            super().ack(delivery_tag)
+            return
         self._acks.append(delivery_tag)
         self._quick_ack(delivery_tag)  # done in memory: the prefetch window frees now
         if len(self._acks) >= ACK_PENDING_MAX:
             self.flush_acks()
 
     def take_acks(self) -> list[str]:
+        """The queued acks, taken out of the queue (put them back with :meth:`return_acks`)."""
         acks, tags = self._acks, []
         while True:  # popleft is atomic: an ack from another thread is never lost
             try:
@@ -140,9 +158,11 @@ class BatchQoS(kombu_redis.QoS):
                 return tags
 
     def return_acks(self, tags: list[str]) -> None:
+        """Queue taken acks again, in front (they could not be sent)."""
         self._acks.extendleft(reversed(tags))
 
     def flush_acks(self) -> None:
+        """Remove the queued acks from Redis now, in one call."""
         tags = self.take_acks()
         if not tags:
             return
@@ -154,31 +174,35 @@ class BatchQoS(kombu_redis.QoS):
             raise
 
     # -- every path that reads or restores unacked messages sends the acks first --------
-    def restore_unacked(self, client=None):
+    def restore_unacked(self, client: Redis | None = None) -> None:
+        """kombu's, after the queued acks are sent."""
         self.flush_acks()
-        return super().restore_unacked(client)
+        super().restore_unacked(client)
 
-    def restore_unacked_once(self, stderr=None):
+    def restore_unacked_once(self, stderr: Any = None) -> None:
+        """kombu's, after the queued acks are sent (or logged if they cannot be)."""
         try:
             self.flush_acks()
         except Exception:  # noqa: BLE001 - they stay unacked: redelivered, at least once
             log.exception("could not send %d acks before restoring", len(self._acks))
-        return super().restore_unacked_once(stderr)
+        super().restore_unacked_once(stderr)
 
-    def restore_visible(self, *args, **kwargs):
+    def restore_visible(self, *args: Any, **kwargs: Any) -> None:
+        """kombu's, after the queued acks are sent."""
         self.flush_acks()
-        return super().restore_visible(*args, **kwargs)
+        super().restore_visible(*args, **kwargs)
 
 
 _NO_HUB = object()
 
 
-class BatchConsume:
+class BatchConsume(_RedisChannel):  # type: ignore[misc]  # kombu is read as Any
     """Channel mixin: ``class Channel(BatchConsume, kombu_redis.Channel)``."""
 
     QoS = BatchQoS
-    _fg_sync = None
-    _fg_timer = None
+    qos: BatchQoS
+    _fg_sync: Redis | None = None
+    _fg_timer: Any = None  # the hub's timer entry, _NO_HUB without a hub, None before
     _fg_disabled = False
 
     @property
@@ -186,24 +210,25 @@ class BatchConsume:
         return self.ack_emulation and not self.global_keyprefix and not self._fg_disabled
 
     # -- one client for the bookkeeping ----------------------------------------------
-    def _fg_client(self):
+    def _fg_client(self) -> Redis:
         client = self._fg_sync
         if client is None or client.connection_pool is not self.pool:
             client = self._fg_sync = self._create_client()
         return client
 
     @contextmanager
-    def conn_or_acquire(self, client=None):
+    def conn_or_acquire(self, client: Redis | None = None) -> Iterator[Redis]:
+        """The client given, or the channel's one bookkeeping client (not a new one per call)."""
         yield client if client else self._fg_client()
 
     # -- consuming ---------------------------------------------------------------------
-    def _brpop_start(self, timeout=None):
+    def _brpop_start(self, timeout: float | None = None) -> None:
         if self._fg_batching:
             if self._fg_timer is None:
                 self._fg_start_timer()
             if self._fg_timer is _NO_HUB and self.qos._acks:
                 self.qos.flush_acks()  # no timer: never hold acks across a blocking BRPOP
-        return super()._brpop_start(timeout)
+        super()._brpop_start(timeout)
 
     def _fg_start_timer(self) -> None:
         from kombu.asynchronous import get_event_loop
@@ -219,9 +244,10 @@ class BatchConsume:
             except self.connection_errors:
                 log.debug("could not send acks; retrying", exc_info=True)
 
-    def _brpop_read(self, **options):
+    def _brpop_read(self, **options: Any) -> bool:
         if not self._fg_batching:
-            return super()._brpop_read(**options)
+            read: bool = super()._brpop_read(**options)
+            return read
         # kombu's _brpop_read up to the delivery, which _fg_deliver_batch does
         try:
             try:
@@ -237,7 +263,9 @@ class BatchConsume:
             self._queue_cycle.rotate(dest)
         finally:
             self._in_poll = None
-            self._flush_brpop_reauth()
+            flush_reauth = getattr(self, "_flush_brpop_reauth", None)  # kombu >= 5.7 only
+            if flush_reauth is not None:
+                flush_reauth()
         self._fg_deliver_batch(dest, item)
         return True
 
@@ -247,7 +275,7 @@ class BatchConsume:
         pairs = {self._q_for_pri(q, pri): q for pri in self.priority_steps for q in queues}
         return list(pairs.items())
 
-    def _fg_deliver_batch(self, dest: str, item) -> None:
+    def _fg_deliver_batch(self, dest: str, item: bytes | str) -> None:
         qos = self.qos
         free = qos.can_consume_max_estimate()
         more = BATCH_MAX - 1 if free is None else max(0, min(free, BATCH_MAX) - 1)
@@ -290,7 +318,8 @@ class BatchConsume:
             if done < len(batch):  # a delivery raised: the rest go back to their queue
                 qos.give_back([tag for _, _, tag in batch[done:] if tag is not None])
 
-    def close(self):
+    def close(self) -> None:
+        """Stop the ack timer and send the queued acks, then kombu's close."""
         if self._fg_timer not in (None, _NO_HUB):
             self._fg_timer.cancel()
         self._fg_timer = None
@@ -299,4 +328,4 @@ class BatchConsume:
                 self.qos.flush_acks()
             except Exception:  # noqa: BLE001 - they stay unacked: redelivered, at least once
                 log.exception("could not send acks at close")
-        return super().close()
+        super().close()

@@ -32,6 +32,7 @@ import logging
 import threading
 import time
 import uuid
+from typing import TYPE_CHECKING, Any
 
 import redis
 from botocore.exceptions import (
@@ -47,6 +48,9 @@ from celery_floodgate.limits import RETRY_AFTER_MAX_S
 from celery_floodgate.transports import LuaScript, guard_of
 from celery_floodgate.transports.redis import SENT_AT_HEADER
 
+if TYPE_CHECKING:
+    from celery_floodgate.guard import Guard
+
 ADMIT = LuaScript("line.lua", "sqs_admit.lua")
 RECONCILE = LuaScript("sqs_reconcile.lua")
 #: The header carrying a message's admission id: what a delete counts down.
@@ -54,7 +58,7 @@ ADMIT_HEADER = "fg_admit_id"
 #: SQS's three counts whose sum is every message it holds.
 COUNTS = ("ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible",
           "ApproximateNumberOfMessagesDelayed")
-#: Transport options (config/celeryconfig.py sets them from config/settings.py).
+#: Transport options (an app sets them in its ``broker_transport_options``).
 RECONCILE_INTERVAL_OPTION = "floodgate_sqs_reconcile_interval_s"
 RECONCILE_LAG_OPTION = "floodgate_sqs_reconcile_lag_s"
 ENDPOINT_OPTION = "endpoint_url"
@@ -69,24 +73,27 @@ SETTLE_S = 1.0
 log = logging.getLogger("celery_floodgate")
 
 
-def admitted_key(guard, queue_url: str) -> str:
+def admitted_key(guard: Guard, queue_url: str) -> str:
     """The admission set of one SQS queue (its URL names endpoint, account and queue)."""
     return f"{guard.meter.keys.prefix}:sqs:admitted:{queue_url}"
 
 
-def sqs_total(client, queue_url: str) -> int:
+def sqs_total(client: Any, queue_url: str) -> int:
     """Every message SQS holds in the queue: waiting, in flight and delayed."""
     attrs = client.get_queue_attributes(QueueUrl=queue_url, AttributeNames=list(COUNTS))
     return sum(int(attrs["Attributes"].get(name, 0)) for name in COUNTS)
 
 
-class Channel(kombu_sqs.Channel):
-    def _put(self, queue, message, **kwargs):
+class Channel(kombu_sqs.Channel):  # type: ignore[misc]  # kombu is read as Any
+    """kombu's SQS channel whose send to a limited queue is admitted (or refused) first."""
+
+    def _put(self, queue: str, message: dict[str, Any], **kwargs: Any) -> None:
         guard = guard_of(self.connection.client)
-        limit = guard.limit_for(queue) if guard else None
         # A requeue (restore) only makes a received message visible again: no new admission.
-        if limit is None or message.get("redelivered"):
-            return super()._put(queue, message, **kwargs)
+        if (guard is None or (limit := guard.limit_for(queue)) is None
+                or message.get("redelivered")):
+            super()._put(queue, message, **kwargs)
+            return
         headers = message.setdefault("headers", {})
         guard.check_eta(queue, headers.get("eta"))
         headers.setdefault(SENT_AT_HEADER, time.time())
@@ -125,13 +132,14 @@ class Channel(kombu_sqs.Channel):
 
     # -- count-down: once SQS has deleted a message ----------------------------------------
 
-    def basic_ack(self, delivery_tag, multiple=False):
+    def basic_ack(self, delivery_tag: Any, multiple: bool = False) -> None:
+        """kombu's ack (SQS deletes the message), then the admission is counted down."""
         admission = self._admission_of(delivery_tag)
         super().basic_ack(delivery_tag, multiple)  # raises if the delete may have failed
         if admission:
             self._count_down(*admission)
 
-    def _delete_rejected_message(self, delivery_tag):
+    def _delete_rejected_message(self, delivery_tag: Any) -> None:
         admission = self._admission_of(delivery_tag)
         super()._delete_rejected_message(delivery_tag)
         if admission:
@@ -140,8 +148,9 @@ class Channel(kombu_sqs.Channel):
             if not self._has_redrive_policy(queue, info["sqs_queue"]):
                 self._count_down(*admission)  # deleted (a redrive policy keeps it: reconciled)
 
-    def _message_to_python(self, message, queue_name, q_url):
-        payload = super()._message_to_python(message, queue_name, q_url)
+    def _message_to_python(self, message: dict[str, Any], queue_name: str,
+                           q_url: str) -> dict[str, Any]:
+        payload: dict[str, Any] = super()._message_to_python(message, queue_name, q_url)
         if queue_name in self._noack_queues:  # deleted on receipt
             admit_id = (payload.get("headers") or {}).get(ADMIT_HEADER)
             guard = guard_of(self.connection.client)
@@ -156,7 +165,7 @@ class Channel(kombu_sqs.Channel):
             payload.setdefault("properties", {}).setdefault("delivery_info", {})["redelivered"] = True
         return payload
 
-    def _admission_of(self, delivery_tag):
+    def _admission_of(self, delivery_tag: Any) -> tuple[redis.Redis, str, str] | None:
         """(Redis client, admission set, id) of a received message, or None if not ours."""
         try:
             message = self.qos.get(delivery_tag)
@@ -170,7 +179,7 @@ class Channel(kombu_sqs.Channel):
         return guard.meter.client, admitted_key(guard, queue_url), admit_id
 
     @staticmethod
-    def _count_down(client, key: str, admit_id: str) -> None:
+    def _count_down(client: redis.Redis, key: str, admit_id: str) -> None:
         try:
             client.zrem(key, admit_id)
         except redis.RedisError as exc:  # counted too high until the reconciler repairs it
@@ -179,9 +188,10 @@ class Channel(kombu_sqs.Channel):
     # -- settings ---------------------------------------------------------------------------
 
     @property
-    def endpoint_url(self):
+    def endpoint_url(self) -> str | None:
         """SQS_ENDPOINT_URL (moto, localstack) wins over the broker URL's host."""
-        return self.transport_options.get(ENDPOINT_OPTION) or super().endpoint_url
+        url: str | None = self.transport_options.get(ENDPOINT_OPTION) or super().endpoint_url
+        return url
 
     def _reconciler(self) -> "Reconciler":
         options = self.transport_options
@@ -190,7 +200,9 @@ class Channel(kombu_sqs.Channel):
                               float(options.get(RECONCILE_LAG_OPTION) or DEFAULT_RECONCILE_LAG_S))
 
 
-class Transport(kombu_sqs.Transport):
+class Transport(kombu_sqs.Transport):  # type: ignore[misc]  # kombu is read as Any
+    """The kombu transport :func:`celery_floodgate.install` sets for ``sqs://`` brokers."""
+
     Channel = Channel
 
 
@@ -207,19 +219,22 @@ class Reconciler:
 
     def __init__(self, interval_s: float, lag_s: float) -> None:
         self.interval_s, self.lag_s = interval_s, lag_s
-        self.queues: dict[str, tuple[str, object, redis.Redis]] = {}
+        #: admission set -> (queue URL, boto3 SQS client, Redis client)
+        self.queues: dict[str, tuple[str, Any, redis.Redis]] = {}
         self.thread = threading.Thread(target=self._run, daemon=True, name="sqs-reconcile")
         self.thread.start()
 
     @classmethod
     def get(cls, interval_s: float, lag_s: float) -> "Reconciler":
+        """This process's reconciler for the interval and lag, started on first use."""
         with cls._lock:
             found = cls._instances.get((interval_s, lag_s))
             if found is None:
                 found = cls._instances[(interval_s, lag_s)] = cls(interval_s, lag_s)
             return found
 
-    def watch(self, key: str, queue_url: str, sqs_client, client: redis.Redis) -> None:
+    def watch(self, key: str, queue_url: str, sqs_client: Any, client: redis.Redis) -> None:
+        """Reconcile this admission set from now on (once per key; later calls change nothing)."""
         if key not in self.queues:
             self.queues[key] = (queue_url, sqs_client, client)
 
@@ -234,7 +249,7 @@ class Reconciler:
                 except (redis.RedisError, ClientError, BotoCoreError, OSError) as exc:
                     log.warning("could not reconcile %s with SQS: %s", queue_url, exc)
 
-    def reconcile(self, key: str, queue_url: str, sqs_client, client: redis.Redis,
+    def reconcile(self, key: str, queue_url: str, sqs_client: Any, client: redis.Redis,
                   settle_s: float = SETTLE_S) -> tuple[int, int, int]:
         """One reading: returns (ids trimmed, placeholders added, count after)."""
         before = client.zcard(key)
