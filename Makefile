@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-test
 UP_STAMP := $(VENV)/.installed-up
 
-.PHONY: up test test-unit test-integration test-sqs bench install clean compose-check
+.PHONY: up test test-unit test-integration test-sqs test-lib matrix docs bench install clean compose-check
 
 $(BIN)/python:
 	@test -n "$(PY)" || { echo "Python 3.11 or newer is required (none found on PATH)"; exit 1; }
@@ -36,6 +36,7 @@ up: $(UP_STAMP)
 # tests/faults starts private brokers of its own, so it runs in a process of its own.
 test: $(STAMP)
 	$(BIN)/python -m pytest tests/unit
+	$(MAKE) test-lib docs
 	FLOODGATE_TEST_BROKER=redis $(BIN)/python -m pytest tests/integration
 	FLOODGATE_TEST_BROKER=redis $(BIN)/python -m pytest tests/faults
 	FLOODGATE_TEST_BROKER=amqp TEST_DATABASE=postgresql $(BIN)/python -m pytest tests/integration
@@ -53,6 +54,24 @@ SQS_PASS = FLOODGATE_TEST_BROKER=sqs $(BIN)/python -m pytest $(SQS_TESTS)
 
 test-sqs: $(STAMP)
 	$(SQS_PASS)
+
+# The library as a user installs it (lib/noxfile.py, docs/compatibility.md): its wheel
+# in fresh virtualenvs, its suite and examples/ on both brokers, and mypy --strict.
+# nox finds each Python of the matrix on PATH; pyenv's shim cannot run 3.13, so the
+# directory of a pyenv 3.13, where there is one, goes first.
+PY313_BIN ?= $(firstword $(wildcard $(HOME)/.pyenv/versions/3.13*/bin))
+NOX = PATH="$(if $(PY313_BIN),$(PY313_BIN):)$$PATH" $(BIN)/nox -f lib/noxfile.py
+
+# Every change: the oldest and the newest supported Celery on Python 3.11, and mypy.
+test-lib: $(STAMP)
+	$(NOX) -t ci
+
+# The whole matrix: every supported Celery minor x Python 3.11 and 3.13.
+matrix: $(STAMP)
+	$(NOX) -t matrix
+
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
 
 bench: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m bench.run_all

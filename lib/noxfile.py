@@ -12,17 +12,19 @@ package came from), then the example projects' own tests (``examples/*``).
 Sessions (``nox -f lib/noxfile.py -l`` lists them):
 
 * ``tests(py3.X-celery5.N)``: Python 3.11 and 3.13 x every Celery minor release
-  from 5.3, each with the kombu of the same minor (``kombu[redis]~=5.N.0``, which
-  also brings the redis-py range that kombu release accepts).
+  from 5.3 (the oldest supported), each with the kombu of the same minor
+  (``kombu[redis]~=5.N.0``, which also brings the redis-py range that kombu accepts).
 * ``mypy``: ``mypy --strict`` on ``src/celery_floodgate`` (lib/pyproject.toml).
 
 Tags: ``-t ci`` (oldest and newest Celery on Python 3.11, and mypy: run on every
 change), ``-t matrix`` (everything). ``make matrix`` runs the matrix. Arguments after
-``--`` go to pytest (``nox -f lib/noxfile.py -t ci -- -x``).
+``--`` go to the library suite's pytest (``nox -f lib/noxfile.py -t ci -- -x -k limits``).
 
 Virtualenvs live outside the checkout (``~/.cache/celery-floodgate/nox``, or
 ``FLOODGATE_NOX_ENVDIR``), so an installed package can never be one under it.
 Python 3.13 is found on PATH as ``python3.13``; a missing interpreter is an error.
+The suites' own settings pass through: FLOODGATE_TEST_REDIS and FLOODGATE_TEST_PREFIX
+move their Redis databases and RabbitMQ vhosts (a private redis-server, say).
 """
 from __future__ import annotations
 
@@ -44,7 +46,8 @@ EXAMPLES = REPO / "examples"
 BROKERS = ("redis", "amqp")
 PYTHON_OLDEST, PYTHON_NEWEST = "3.11", "3.13"
 #: Celery minor -> (Celery pin, kombu pin). Each Celery minor with the kombu minor
-#: released beside it; redis-py comes from kombu's own ``redis`` extra.
+#: released beside it; redis-py comes from kombu's own ``redis`` extra (docs/compatibility.md;
+#: lib/pyproject.toml and celery_floodgate.compat hold the same lower bound).
 CELERY = {
     minor: (f"celery~={minor}.0", f"kombu[redis]~={minor}.0")
     for minor in ("5.3", "5.4", "5.5", "5.6", "5.7")
@@ -129,8 +132,9 @@ def installed_env(broker: str) -> dict[str, str | None]:
 
 
 def run_suite(session: nox.Session) -> None:
-    """The library's suite on each broker (both run, even if the first fails), then the
-    example projects' tests. Each run leaves a JUnit report in ``<envdir>/reports``."""
+    """The library's suite on each broker, then the example projects' tests; every run
+    runs even if one before it failed. Each library run leaves a JUnit report in
+    ``<envdir>/reports``."""
     root = copied_suite(session)
     reports = Path(nox.options.envdir) / "reports"
     reports.mkdir(parents=True, exist_ok=True)
@@ -143,19 +147,19 @@ def run_suite(session: nox.Session) -> None:
             session.run("pytest", f"--junitxml={report}", *session.posargs,
                         env=installed_env(broker))
         except nox.command.CommandFailed:
-            failed.append(broker)
+            failed.append(f"the library suite on {broker}")
+    failed += run_examples(session)
     if failed:
-        session.error(f"the library suite failed on {', '.join(failed)}")
-    run_examples(session)
+        session.error(f"failed: {'; '.join(failed)}")
 
 
-def run_examples(session: nox.Session) -> None:
+def run_examples(session: nox.Session) -> list[str]:
     """Each example project (``examples/<name>/``, with tests of its own) against the
-    installed wheel, from a copy, once per broker."""
+    installed wheel, from a copy, once per broker; returns what failed."""
     projects = sorted(p for p in EXAMPLES.glob("*/") if any(p.rglob("test_*.py")))
     if not projects:
         session.log(f"no example projects with tests under {EXAMPLES}")
-        return
+    failed = []
     for project in projects:
         copy = Path(session.create_tmp()) / "examples" / project.name
         shutil.rmtree(copy, ignore_errors=True)
@@ -164,8 +168,11 @@ def run_examples(session: nox.Session) -> None:
         session.chdir(copy)
         for broker in BROKERS:
             session.log(f"example {project.name} on {broker}")
-            session.run("pytest", "-p", "no:cacheprovider", *session.posargs,
-                        env=installed_env(broker))
+            try:
+                session.run("pytest", "-p", "no:cacheprovider", env=installed_env(broker))
+            except nox.command.CommandFailed:
+                failed.append(f"example {project.name} on {broker}")
+    return failed
 
 
 @nox.session
@@ -189,4 +196,4 @@ def mypy(session: nox.Session) -> None:
     session.install("mypy>=1.10", *project["dependencies"],
                     *extras["prometheus"], *extras["client"], "boto3")
     session.chdir(LIB)
-    session.run("mypy", *session.posargs)  # files and --strict: lib/pyproject.toml
+    session.run("mypy")  # files and --strict: lib/pyproject.toml (posargs are pytest's)

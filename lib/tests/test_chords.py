@@ -5,6 +5,8 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+import celery
+import pytest
 import redis
 from celery import Celery, chord
 
@@ -53,6 +55,11 @@ def runs(key: str) -> list[str]:
     return [r.decode() for r in redis.Redis.from_url(meter_url()).lrange(key, 0, -1)]
 
 
+@pytest.mark.skipif(
+    tuple(int(n) for n in celery.__version__.split(".")[:2]) < (5, 7),
+    reason="Celery before 5.7 sends a chord's body before it deletes the chord's counters "
+           "(RedisBackend.on_chord_part_return), so a chord applied again at once can lose its "
+           "second run to that cleanup, with or without install(); the fix is for 5.7's mark")
 def test_a_frozen_chord_applied_again_runs_its_body_again(project: Any, start_worker: Any) -> None:
     """Celery forgets a finished chord's 'done' mark only just before it publishes the last
     header task; a worker that ran an earlier one first dropped its result, and the body

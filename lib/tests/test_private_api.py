@@ -7,6 +7,10 @@ where the name is set per instance, or, for a behaviour the library relies on in
 method it overrides, on that method's source. The names, by where the library uses them:
 
 Celery
+  * ``Celery._preconf``, ``_config_source``, ``_pending_defaults``, ``configured`` (binding),
+    ``Celery._get_backend``/``_backend``/``backend_cls``/``loader``,
+    ``celery.app.backends.by_url(backend, loader)``, ``RedisBackend.apply_chord(
+    header_result_args, body)``/``get_key_for_group(group_id, key)``/``ensure`` (results).
   * ``Celery._tasks`` (install.routed_queues, batch._route/_prepare), ``Celery.amqp_cls``
     (install._guard_amqp_helper), ``Celery.thread_oid``, ``Celery.pool.limit`` (batch,
     transports.producers).
@@ -31,7 +35,8 @@ kombu
     ``_queue_cycle`` (``rotate``, ``consume``), ``_in_poll``, ``_closing``, ``_size``
     (stats.ready), ``_inplace_augment_message`` (batch), ``conn_or_acquire``,
     ``ack_emulation``, ``global_keyprefix``, ``unacked_key``, ``unacked_index_key``,
-    ``active_queues``, ``connection_errors``, ``sep``, ``client``, ``pool``, ``qos``/``_qos``, ``QoS``, ``close``;
+    ``active_queues``, ``connection_errors``, ``sep``, ``client``, ``pool``,
+    ``qos``/``_qos``, ``QoS``, ``close``;
     ``_flush_brpop_reauth`` where kombu's own ``_brpop_read`` calls it (kombu >= 5.7);
     the module's ``dumps`` and ``Empty``.
   * ``kombu.transport.redis.QoS`` (subclassed by BatchQoS): ``_delivered``, ``_dirty``,
@@ -48,6 +53,12 @@ kombu
     ``sqs(queue=)``, ``canonical_queue_name``, ``endpoint_url``, ``transport_options``;
     ``_delete_rejected_message`` and ``_has_redrive_policy(queue, queue_url)`` where kombu's
     ``basic_reject`` deletes a rejected message (kombu >= 5.7; before, it deletes nothing).
+  * ``kombu.connection.PooledConnection(pool, ...)`` (kombu >= 5.5), ``ConnectionPool.new``,
+    ``Connection._init_params``, ``_info(resolve)``, ``Pool(limit)``, ``alt``, the
+    transport's ``default_port`` (binding, transports.sentinel);
+    ``kombu.transport.redis.SentinelChannel`` (``_connparams``, ``_sentinel_managed_pool``,
+    ``min_other_sentinels``, ``sentinel_kwargs``, ``master_name``), ``SentinelTransport``;
+    ``kombu.utils.url.url_to_parts``/``parse_ssl_cert_reqs`` (redis_client).
   * ``kombu.Connection``: ``_reraise_as_library_errors`` (batch), ``connection``,
     ``_connection`` (batch), ``declared_entities`` (lean), ``transport_cls``,
     ``as_uri(include_password, mask)``, ``collect``, ``transport_options``.
@@ -100,7 +111,10 @@ def source(func) -> str:  # type: ignore[no-untyped-def]
 #: (class or module, attribute names every supported release must have on it)
 ATTRIBUTES = [
     ("celery:Celery", ["amqp_cls", "thread_oid", "pool", "producer_or_acquire",
-                       "connection_for_write"]),
+                       "connection_for_write", "_get_backend", "_backend", "loader"]),
+    ("celery.app.backends", ["by_url"]),
+    ("celery.backends.redis:RedisBackend", ["apply_chord", "get_key_for_group", "ensure",
+                                            "client"]),
     ("celery.app.task:Task", ["_get_exec_options"]),
     ("celery.app.amqp:AMQP", ["create_task_message", "send_task_message", "_create_task_sender",
                               "as_task_v2", "argsrepr_maxsize", "kwargsrepr_maxsize",
@@ -115,13 +129,20 @@ ATTRIBUTES = [
         "_flush", "append", "ack", "restore_by_tag",
         "restore_unacked", "restore_unacked_once", "restore_visible",
         "can_consume_max_estimate", "unacked_key", "unacked_index_key"]),
-    ("kombu.transport.redis", ["dumps", "Empty", "Channel", "QoS", "Transport"]),
+    ("kombu.transport.redis", ["dumps", "Empty", "Channel", "QoS", "Transport",
+                               "SentinelChannel", "SentinelTransport"]),
     ("kombu.transport.virtual:Transport", ["_deliver"]),
     ("kombu.transport.pyamqp:Channel", ["basic_publish_confirm"]),
     ("kombu.transport.pyamqp:Connection", ["Transport", "Channel", "collect"]),
     ("kombu.transport.pyamqp:Transport", ["Connection"]),
-    ("kombu:Connection", ["_reraise_as_library_errors", "connection", "as_uri", "collect", "default_channel", "ensure_connection",
-                          "transport_options", "declared_entities"]),
+    ("kombu.connection", ["ConnectionPool"]),
+    ("kombu.connection:ConnectionPool", ["new"]),
+    ("kombu.utils.url", ["url_to_parts", "parse_ssl_cert_reqs"]),
+    ("kombu.transport.redis:SentinelChannel", ["_sentinel_managed_pool", "_connparams"]),
+    ("kombu.transport.redis:SentinelTransport", ["default_port", "Channel"]),
+    ("kombu:Connection", ["_init_params", "_info", "Pool", "_reraise_as_library_errors",
+                          "connection", "as_uri", "collect", "default_channel",
+                          "ensure_connection", "transport_options", "declared_entities"]),
     ("kombu:Queue", ["can_cache_declaration"]),
     ("kombu:Producer", ["release", "__exit__"]),
     ("kombu.pools", ["connections", "ProducerPool"]),
@@ -156,6 +177,11 @@ SIGNATURES = [
         "shadow", "chain"]),
     ("celery.app.routes:Router.route", ["self", "options", "name", "args", "kwargs",
                                         "task_type"]),
+    ("celery.app.backends:by_url", ["backend", "loader"]),
+    ("celery.backends.redis:RedisBackend.apply_chord", ["self", "header_result_args", "body"]),
+    ("celery.backends.base:KeyValueStoreBackend.get_key_for_group", ["self", "group_id", "key"]),
+    ("kombu:Connection._info", ["self", "resolve"]),
+    ("kombu:Connection.Pool", ["self", "limit"]),
     ("kombu.transport.redis:Channel._put", ["self", "queue", "message"]),
     ("kombu.transport.redis:Channel._q_for_pri", ["self", "queue", "pri"]),
     ("kombu.transport.redis:Channel._get_message_priority", ["self", "message", "reverse"]),
@@ -177,6 +203,22 @@ SIGNATURES = [
     ("amqp:Channel._basic_publish", ["self", "msg", "exchange", "routing_key"]),
     ("redis:Redis.parse_response", ["self", "connection", "command_name"]),
 ]
+
+
+def test_kombus_pool_makes_pooled_connections_or_clones_as_binding_assumes() -> None:
+    """kombu 5.5+ pools make ``PooledConnection(pool, **info)``, which binding.py
+    subclasses; before 5.5 they ``clone()`` the connection, which keeps its class."""
+    import inspect
+
+    import kombu.connection
+
+    pooled = getattr(kombu.connection, "PooledConnection", None)
+    source = inspect.getsource(kombu.connection.ConnectionPool.new)
+    if pooled is None:
+        assert "self.connection.clone()" in source
+    else:
+        assert params(pooled.__init__)[:2] == ["self", "pool"]
+        assert "PooledConnection(self" in source
 
 
 @pytest.mark.parametrize(("where", "leading"), SIGNATURES, ids=[w for w, _ in SIGNATURES])
@@ -348,3 +390,32 @@ def test_batch_consumes_copy_of_brpop_read_keeps_every_private_step_of_kombus() 
     kombus = set(re.findall(r"self\.(_\w+)", source(kombu_redis.Channel._brpop_read)))
     ours = source(BatchConsume._brpop_read)
     assert sorted(n for n in kombus if n not in ours) == []
+
+
+def test_an_apps_configuration_state_is_where_binding_reads_it() -> None:
+    """binding.py tells a configured app by ``_preconf``, ``configured``, ``_config_source``
+    and ``_pending_defaults``; results.py swaps ``_get_backend`` and reads ``_backend``."""
+    from celery import Celery
+
+    app = Celery("canary", set_as_current=False)
+    assert isinstance(app._preconf, dict)
+    assert app._config_source is None
+    assert len(app._pending_defaults) == 0
+    assert app.configured is False
+    app.config_from_object({"task_default_queue": "canary"})
+    assert app._config_source is not None
+    assert app.backend_cls is None
+    assert "self._backend = self._get_backend()" in source(type(app).backend.fget)
+    app.close()
+
+
+def test_kombus_connection_keeps_alt_urls_and_its_sentinel_channel_its_options() -> None:
+    from kombu import Connection
+    from kombu.transport import redis as kombu_redis
+
+    conn = Connection("redis://127.0.0.1:1/0;redis://127.0.0.1:2/0")
+    assert conn.alt == ["redis://127.0.0.1:1/0", "redis://127.0.0.1:2/0"]
+    assert "hostname" in params(type(conn)._init_params)
+    text = source(kombu_redis.SentinelChannel)
+    assert "'min_other_sentinels'" in text and "'sentinel_kwargs'" in text
+    assert "master_name" in text

@@ -19,7 +19,12 @@ from collections.abc import Mapping
 from typing import Any
 
 from kombu import Exchange, Queue
-from kombu.connection import Connection, ConnectionPool, PooledConnection
+from kombu.connection import Connection, ConnectionPool
+
+try:  # kombu 5.5+: pools make PooledConnection; before, they clone() (keeping our class)
+    from kombu.connection import PooledConnection
+except ImportError:
+    PooledConnection = None
 
 from celery_floodgate.errors import NotInstalled
 from celery_floodgate.guard import Guard
@@ -225,6 +230,8 @@ class BoundConnection(GuardedConnection):
 
     def Pool(self, limit: int | None = None, **kwargs: Any) -> ConnectionPool:
         """A pool of bound connections (kombu's makes plain ones)."""
+        if PooledConnection is None:  # kombu < 5.5: its pool clones this connection
+            return super().Pool(limit=limit, **kwargs)
         return BoundConnectionPool(self, limit=limit, **kwargs)
 
     def _init_params(self, **params: Any) -> None:
@@ -240,7 +247,7 @@ class BoundConnection(GuardedConnection):
         self.transport_cls = guarded
 
 
-class BoundPooledConnection(BoundConnection, PooledConnection):  # type: ignore[misc]
+class BoundPooledConnection(BoundConnection, PooledConnection or Connection):  # type: ignore[misc]
     """kombu's pooled connection (replaced in its pool after an error), bound."""
 
     def __init__(self, pool: ConnectionPool, **kwargs: Any) -> None:

@@ -12,7 +12,7 @@ from importlib.metadata import PackageNotFoundError, version
 from celery_floodgate.errors import NotInstalled
 
 #: distribution -> the oldest (major, minor) release supported.
-REQUIRED: dict[str, tuple[int, int]] = {"celery": (5, 5), "kombu": (5, 5)}
+REQUIRED: dict[str, tuple[int, int]] = {"celery": (5, 3), "kombu": (5, 3)}
 
 
 def release_of(text: str) -> tuple[int, int]:

@@ -23,6 +23,7 @@ from celery_floodgate.binding import (
     has_configuration,
     rabbitmq_arguments,
 )
+from celery_floodgate import compat
 from celery_floodgate.errors import NotInstalled
 from celery_floodgate.guard import Guard
 from celery_floodgate.limits import Keys, parse_limits
@@ -97,6 +98,7 @@ def install(app: Any, limits: Mapping[str, int | str] | str, meter_url: str | No
     with the same limits, or :func:`celery_floodgate.passive_queues` to use the
     queues without declaring them (unguarded: see :mod:`celery_floodgate.declare`).
     """
+    compat.require_supported()
     try:
         parsed = parse_limits(limits)
     except ValueError as exc:

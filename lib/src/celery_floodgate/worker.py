@@ -54,6 +54,11 @@ class Receivers:
 def connect(app: Any, guard: Guard, unbounded: frozenset[str]) -> Receivers:
     """Connect ``app``'s receivers, weakly; ``guard`` keeps them (see the module's text)."""
     receivers = guard.receivers = Receivers(app, guard, unbounded)
-    task_received.connect(receivers.count_drained, weak=True)
-    worker_ready.connect(receivers.watch_backlog, weak=True)
+    # A dispatch_uid per guard: Celery before 5.7 keys a receiver by id() and checks for
+    # a duplicate before clearing dead ones, so a new app's receiver at a dropped one's
+    # address would be taken as already connected.
+    task_received.connect(receivers.count_drained, weak=True,
+                          dispatch_uid=f"{guard.id}:count_drained")
+    worker_ready.connect(receivers.watch_backlog, weak=True,
+                         dispatch_uid=f"{guard.id}:watch_backlog")
     return receivers
