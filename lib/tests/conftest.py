@@ -86,12 +86,13 @@ def start_worker() -> Iterator[object]:
     """Start the plain project's worker as a real subprocess; killed by its PID at the end."""
     started: list[subprocess.Popen[bytes]] = []
 
-    def start(queues: str = "bounded,celery", concurrency: int = 2) -> subprocess.Popen[bytes]:
+    def start(queues: str = "bounded,celery", concurrency: int = 2, module: str = "tasks",
+              **env: str) -> subprocess.Popen[bytes]:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "tasks", "worker", "-P", "threads",
+            [sys.executable, "-m", "celery", "-A", module, "worker", "-P", "threads",
              "-c", str(concurrency), "-Q", queues, "--without-mingle", "--without-gossip",
              "-l", "warning"],
-            cwd=PROJECT, env=project_env())
+            cwd=PROJECT, env=project_env(**env))
         started.append(proc)
         return proc
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -27,23 +26,10 @@ def plain_app() -> Celery:
 
 
 @pytest.fixture
-def passive_worker() -> Iterator[Any]:
+def passive_worker(start_worker: Any) -> Any:
     """A worker of the plain app, with passive_queues(), as a real subprocess."""
-    started: list[subprocess.Popen[bytes]] = []
-
-    def start() -> subprocess.Popen[bytes]:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "passive", "worker", "-P", "threads",
-             "-c", "1", "-Q", "bounded", "--without-mingle", "--without-gossip",
-             "-l", "warning"],
-            cwd=PROJECT, env=project_env(LIB_TEST_PASSIVE="1"))
-        started.append(proc)
-        return proc
-
-    yield start
-    for proc in started:
-        proc.kill()
-        proc.wait(timeout=30)
+    return lambda: start_worker(queues="bounded", concurrency=1, module="passive",
+                                LIB_TEST_PASSIVE="1")
 
 
 def queue_arguments(name: str) -> str:
