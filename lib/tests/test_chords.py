@@ -2,6 +2,7 @@
 body again (celery_floodgate.results), on either broker with a Redis result backend."""
 from __future__ import annotations
 
+import os
 import uuid
 from typing import Any
 
@@ -14,7 +15,7 @@ from celery_floodgate import install
 from celery_floodgate.results import RerunnableChords
 from conftest import broker_url, meter_url, wait_for
 
-ROUNDS = 10
+ROUNDS = int(os.environ.get("LIB_TEST_CHORD_ROUNDS", "10"))
 # Five header tasks: the race is on every one before the last. Without the fix the body
 # did not run again in 16 rounds of 20 on RabbitMQ, 12 of 20 on Redis (a 2-thread worker).
 HEADER = (1, 2, 3, 4, 5)

@@ -25,12 +25,18 @@ finished run is still dropped while no new run of that group was applied (the
 mark stays), as Celery intends; once a new run is applied, Celery itself lets
 such a copy in (after ``set_chord_size()``), and the fix widens that by the time
 the header takes to publish. Nothing else changes: no key, no task, no message.
-Cost: one Redis ``DEL`` per chord application, none per task. Turn it off with
+It deletes the mark only when it says ``done``: in 5.7 the same key first holds the
+claim of the worker that publishes the body, whose cleanup checks it, so a chord
+applied again while that worker is still cleaning up waits for it (at most
+CLAIM_WAIT_S); deleting a live claim let the old run's state survive and the new
+run's body fire twice. Cost: one Redis round trip (a short script) per chord
+application, none per task. Turn it off with
 ``install(..., rerunnable_chords=False)``.
 """
 from __future__ import annotations
 
 import threading
+import time
 import weakref
 from typing import Any
 
@@ -38,6 +44,27 @@ from celery.app.backends import by_url
 from celery.backends.redis import RedisBackend
 
 APPLIED = "_floodgate_rerunnable_chords"
+
+
+#: Forget the mark only if it says ``done``: any other value is a worker's claim on the
+#: previous run's body, whose cleanup checks it (deleting it would leave that run's
+#: state behind, and the new run's first header would fire the body early).
+FORGET_DONE_LUA = """
+local mark = redis.call('GET', KEYS[1])
+if mark == 'done' then
+    redis.call('DEL', KEYS[1])
+    return 1
+end
+if mark then
+    return 2
+end
+return 0
+"""
+CLAIMED = 2
+#: How long a chord applied again waits for the previous run's claim to finish (the
+#: worker publishing its body and cleaning up), polling every CLAIM_POLL_S.
+CLAIM_WAIT_S = 2.0
+CLAIM_POLL_S = 0.01
 
 
 class RerunnableChords:
@@ -48,10 +75,19 @@ class RerunnableChords:
 
     def apply_chord(self, header_result_args: Any, body: Any, **kwargs: Any) -> Any:
         """Forget the previous run's ``done`` mark, then apply as Celery does."""
-        group_id = header_result_args[0]
-        backend: Any = self
-        backend.ensure(self.client.delete, (backend.get_key_for_group(group_id, ".c"),))
+        self._forget_done(header_result_args[0])
         return super().apply_chord(header_result_args, body, **kwargs)  # type: ignore[misc]
+
+    def _forget_done(self, group_id: str) -> None:
+        """Delete the group's ``done`` mark; while a worker still holds its claim on the
+        previous run, wait (at most CLAIM_WAIT_S) for that run's cleanup to mark it done."""
+        backend: Any = self
+        key = backend.get_key_for_group(group_id, ".c")
+        deadline = time.monotonic() + CLAIM_WAIT_S
+        while backend.ensure(self.client.eval, (FORGET_DONE_LUA, 1, key)) == CLAIMED:
+            if time.monotonic() >= deadline:
+                return  # Celery's set_chord_size() deletes it later, as without the fix
+            time.sleep(CLAIM_POLL_S)
 
 
 _mixed: dict[type, type] = {}
