@@ -7,25 +7,25 @@
     install(app, limits={"emails": 500, "reports": "30s"})
 
 Importing this package changes nothing: no settings, no environment, no kombu
-alias, no current app. :func:`install` changes one app.
+alias, no current app. `install` changes one app.
 
 Everything a program needs is importable from here (``__all__``):
 
-* :func:`install` bounds an app's queues and returns its :class:`Guard`, which
-  :func:`guard_for` finds again; :func:`broker_kind` names a broker URL's kind;
-  :func:`passive_queues` uses queues without declaring them.
-* :class:`Limit`, :func:`parse_limit`, :func:`parse_limits`: the limits it takes.
-* The errors: :class:`BackpressureError` and below it :class:`Refused`
-  (:class:`QueueFull`, :class:`EtaTooFar`), :class:`BrokerUnavailable`,
-  :class:`NotInstalled`.
-* :func:`submit_many` and its :class:`BatchResult`: many submissions at once.
-* :func:`queue_stats`, :func:`recent_counts`: live figures for a status page.
+* `install` bounds an app's queues and returns its `Guard`, which
+  `guard_for` finds again; `broker_kind` names a broker URL's kind;
+  `passive_queues` uses queues without declaring them.
+* `Limit`, `parse_limit`, `parse_limits`: the limits it takes.
+* The errors: `BackpressureError` and below it `Refused`
+  (`QueueFull`, `EtaTooFar`), `BrokerUnavailable`,
+  `NotInstalled`.
+* `submit_many` and its `BatchResult`: many submissions at once.
+* `queue_stats`, `recent_counts`: live figures for a status page.
 
 Optional parts, each behind an extra:
 
-* :mod:`celery_floodgate.client` (``[client]``): ``call_with_backoff`` and
+* `celery_floodgate.client` (``[client]``): ``call_with_backoff`` and
   ``post_with_backoff``, retrying refusals with jittered exponential backoff.
-* :mod:`celery_floodgate.metrics` (``[prometheus]``): Prometheus counters.
+* `celery_floodgate.metrics` (``[prometheus]``): Prometheus counters.
 * SQS (``[sqs]``): kombu's SQS transport, guarded.
 """
 from importlib.metadata import PackageNotFoundError, version

@@ -70,7 +70,7 @@ _Kept = tuple[Any, str, str]
 
 @dataclass
 class BatchResult:
-    """What became of each item of a :func:`submit_many` call.
+    """What became of each item of a `submit_many` call.
 
     :param ids: item i's task id at ``ids[i]``, whether admitted or not.
     :param accepted: the ids admitted (enqueued), in submission order.
@@ -121,7 +121,7 @@ def submit_many(app: Celery, task_name: str, args_list: Sequence[Sequence[Any]],
     submits meanwhile; elsewhere each item is one ordinary ``send_task``. A
     refusal is never raised: it is reported per item. See the module docstring.
 
-    :param app: the Celery app, with :func:`~celery_floodgate.install` called.
+    :param app: the Celery app, with `celery_floodgate.install` called.
     :param task_name: the registered name of the task.
     :param args_list: each item's positional arguments.
     :param kwargs_list: each item's keyword arguments (default: none).
@@ -130,7 +130,7 @@ def submit_many(app: Celery, task_name: str, args_list: Sequence[Sequence[Any]],
         default: fresh UUIDs).
     :param options: what ``send_task`` takes, for every message
         (``ignore_result``, ``priority``, ``expires``...).
-    :returns: a :class:`BatchResult`: the ids, the accepted and the refused.
+    :returns: a `BatchResult`: the ids, the accepted and the refused.
     :raises ValueError: when the lists differ in length, or the route is not a
         direct one to a queue.
     :raises BrokerUnavailable: when the broker cannot be reached or does not
@@ -293,7 +293,7 @@ def _admit_redis(guard: Guard, channel: Any, qname: str, limit: Limit,
 
 def _same(guard: Guard, qname: str, first: QueueFull) -> QueueFull:
     """Another refusal of the same batch: counted, with the first one's wait (no round trip,
-    and remembered once, by the first: :meth:`Guard.refuse`)."""
+    and remembered once, by the first: `Guard.refuse`)."""
     return guard._refused(qname, first.depth, first.limit, first.retry_after_s)
 
 

@@ -4,9 +4,9 @@ Celery reads an app's configuration lazily and reads it *again*, from scratch, w
 ``config_from_object`` is called on an app already configured: whatever install()
 had set (the guarded ``broker_transport``, its transport options, the bounded
 ``task_queues``) is gone, and every submission would be accepted. So install()
-records its settings in a :class:`Binding`, which applies them now (or, on an app
+records its settings in a `Binding`, which applies them now (or, on an app
 with no configuration yet, when it gets one) and again on every
-``app.on_after_configure``. Every connection the app opens (:class:`BoundAMQP`)
+``app.on_after_configure``. Every connection the app opens (`BoundAMQP`)
 is checked against the binding: a broker set after install() by assignment
 (``app.conf.broker_url = ...``), which no signal announces, is refused with
 NotInstalled rather than used unguarded.
@@ -51,7 +51,7 @@ ORDER_HINT = ("configure the app first (config_from_object, conf.update, broker_
 
 
 class Binding:
-    """One app's guard settings: applied by :meth:`apply`, checked by :meth:`check`."""
+    """One app's guard settings: applied by `apply`, checked by `check`."""
 
     def __init__(self, guard: Guard, limits: dict[str, Limit], meter_url: str | None,
                  unbounded: frozenset[str], allow_unguarded: frozenset[str],
@@ -89,7 +89,7 @@ class Binding:
         self.error = None
 
     def reapply(self, app: Any) -> None:
-        """:meth:`apply` after the app's configuration was loaded (again); a refusal is
+        """`apply` after the app's configuration was loaded (again); a refusal is
         kept and raised by the app's next connection (a signal cannot raise)."""
         try:
             self.apply(app)
@@ -256,7 +256,7 @@ class BoundPooledConnection(BoundConnection, PooledConnection or Connection):  #
 
 
 class BoundConnectionPool(ConnectionPool):  # type: ignore[misc]
-    """kombu's connection pool, of :class:`BoundPooledConnection`."""
+    """kombu's connection pool, of `BoundPooledConnection`."""
 
     def new(self) -> BoundPooledConnection:
         """A connection as the pool's own, from its settings (kombu's ``new``)."""

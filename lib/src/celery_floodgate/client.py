@@ -49,7 +49,7 @@ _RETRYABLE = (QueueFull, BrokerUnavailable, ServerBusy)
 
 
 class Bounds(TypedDict, total=False):
-    """:func:`call_with_backoff`'s keyword arguments, as :func:`post_with_backoff` takes them."""
+    """`call_with_backoff`'s keyword arguments, as `post_with_backoff` takes them."""
 
     max_attempts: int
     max_total_s: float
@@ -84,8 +84,8 @@ def call_with_backoff(fn: Callable[[], T], *, max_attempts: int = 6, max_total_s
                       sleep: Callable[[float], None] = time.sleep) -> T:
     """Call ``fn`` until it is admitted, within the bounds; re-raise the last refusal.
 
-    Retries :class:`~celery_floodgate.QueueFull`,
-    :class:`~celery_floodgate.BrokerUnavailable` and :class:`ServerBusy`, never
+    Retries `celery_floodgate.QueueFull`,
+    `celery_floodgate.BrokerUnavailable` and `ServerBusy`, never
     sooner than their ``retry_after_s`` (plus up to ``hint_jitter`` of it), else
     after a full-jitter exponential backoff. Any other exception propagates at once.
 
@@ -119,7 +119,7 @@ def post_with_backoff(client: httpx.Client, url: str, json: Any,
     :param client: the httpx client to post with.
     :param url: where to post.
     :param json: the body, encoded as JSON.
-    :param bounds: :func:`call_with_backoff`'s keyword arguments (``max_attempts``...).
+    :param bounds: `call_with_backoff`'s keyword arguments (``max_attempts``...).
     :returns: the first answer that is not a 503 (2xx or other errors alike), or
         the last 503 once the bounds are spent.
     :raises httpx.HTTPError: when the request itself fails (not retried).

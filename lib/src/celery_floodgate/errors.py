@@ -34,7 +34,7 @@ class QueueFull(Refused):
     """A submission was refused because its queue is at its limit.
 
     Nothing was enqueued. Retry after ``retry_after_s`` seconds, with jitter
-    (see :func:`celery_floodgate.client.call_with_backoff`).
+    (see `celery_floodgate.client.call_with_backoff`).
 
     :param queue: the queue that is full.
     :param depth: its depth when it refused (what workers hold prefetched included).
@@ -97,7 +97,7 @@ class BrokerUnavailable(BackpressureError):
 class NotInstalled(BackpressureError, ValueError):
     """``install()`` refused its arguments; the message names the queue and the fix.
 
-    Also a :class:`ValueError`, as any bad argument.
+    Also a `ValueError`, as any bad argument.
 
     :param problem: the sentence naming what does not fit and how to fix it.
     """

@@ -1,7 +1,7 @@
 """The admission policy of one app: each queue's length bound and Retry-After.
 
-The brokers enforce the bound atomically (see :mod:`.transports`); a
-:class:`Guard` decides what the bound is and, on a refusal, when to come back.
+The brokers enforce the bound atomically (see `.transports`); a
+`Guard` decides what the bound is and, on a refusal, when to come back.
 
 Retry-After is a ticket in a virtual waiting line: each refusal is given the
 next slot the measured drain rate will free, so refused clients come back
@@ -43,10 +43,10 @@ ATTRIBUTE = "_floodgate_guard"
 
 
 class Guard:
-    """Limits, meter and caches of one app; found by transports through :meth:`registered`.
+    """Limits, meter and caches of one app; found by transports through `registered`.
 
     The process-wide registry holds guards weakly: the app holds its guard
-    (:meth:`attach`), so a guard, its signal receivers and its threads go when its
+    (`attach`), so a guard, its signal receivers and its threads go when its
     app is garbage-collected.
     """
 
@@ -130,7 +130,7 @@ class Guard:
     def refuse(self, queue: str, depth: int, bound: int, wait_s: float | None = None) -> QueueFull:
         """The error for a broker's refusal; ``wait_s``: the ticket, when the broker drew it.
 
-        The refusal is remembered for a moment (:mod:`.memo`)."""
+        The refusal is remembered for a moment (`.memo`)."""
         if wait_s is None:
             wait_s = self.retry_after_s(queue, depth, bound)
         self.memo.remember(queue, depth, bound, wait_s, self.drain_rate(queue))

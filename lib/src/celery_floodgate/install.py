@@ -7,8 +7,8 @@ producer pool that survive refusals) and receivers that act for its workers only
 Nothing global changes: another app in the process is unaffected.
 
 Which brokers: every URL kombu accepts for Redis, RabbitMQ and SQS
-(:mod:`celery_floodgate.transports.urls`); any other is refused unless named in
-``allow_unguarded``. When: the settings are kept (:mod:`celery_floodgate.binding`)
+(`celery_floodgate.transports.urls`); any other is refused unless named in
+``allow_unguarded``. When: the settings are kept (`celery_floodgate.binding`)
 and applied again each time the app's configuration is loaded.
 """
 from __future__ import annotations
@@ -84,7 +84,7 @@ def install(app: Any, limits: Mapping[str, int | str] | str, meter_url: str | No
 
     ``rerunnable_chords``: when the app's results are in Celery's Redis backend
     (now, or set after this call), a frozen chord applied again runs its body again
-    (:mod:`celery_floodgate.results`: one Redis DEL per chord application, nothing
+    (`celery_floodgate.results`: one Redis DEL per chord application, nothing
     per task). False leaves the backend as Celery makes it.
 
     Lifetime: the app holds its guard, its signal receivers and flush threads, and
@@ -95,8 +95,8 @@ def install(app: Any, limits: Mapping[str, int | str] | str, meter_url: str | No
     process that does not call install() (a worker started from a script, another
     service) fails on its first publish or at worker start with ``406
     PRECONDITION_FAILED - inequivalent arg 'x-max-length'``. Call install() there
-    with the same limits, or :func:`celery_floodgate.passive_queues` to use the
-    queues without declaring them (unguarded: see :mod:`celery_floodgate.declare`).
+    with the same limits, or `celery_floodgate.passive_queues` to use the
+    queues without declaring them (unguarded: see `celery_floodgate.declare`).
     """
     compat.require_supported()
     try:

@@ -41,7 +41,7 @@ RATE_CACHE_S = 1.0
 class Limit:
     """One queue's limit: a length, or a maximum wait (exactly one of the two is set).
 
-    Build it with :func:`parse_limit`, which checks the range.
+    Build it with `parse_limit`, which checks the range.
 
     :param queue: the queue it bounds.
     :param length: at most this many messages wait (ready, plus prefetched on Redis).
@@ -68,7 +68,7 @@ def parse_limit(queue: str, value: int | str) -> Limit:
     :param queue: the queue the limit is for (named in the error).
     :param value: a length 1 to 1,000,000, or a wait of up to 3600 seconds
         written with an ``s``.
-    :returns: the :class:`Limit`.
+    :returns: the `Limit`.
     :raises ValueError: with a sentence naming the queue and the accepted forms.
     """
     if isinstance(value, bool) or not isinstance(value, (int, str)):
@@ -89,11 +89,11 @@ def parse_limit(queue: str, value: int | str) -> Limit:
 
 
 def parse_limits(spec: Mapping[str, int | str] | str) -> dict[str, Limit]:
-    """Parse every queue's limit, as :func:`install` takes them.
+    """Parse every queue's limit, as `install` takes them.
 
     :param spec: a mapping ``{"emails": 500, "reports": "30s"}`` or the same as
         text, ``"emails=500,reports=30s"`` (e.g. from an environment variable).
-    :returns: queue name -> :class:`Limit`.
+    :returns: queue name -> `Limit`.
     :raises ValueError: with a sentence naming the item that does not parse.
     """
     if isinstance(spec, str):

@@ -35,7 +35,7 @@ class Meter:
     """Reads and writes one app's drain figures in one Redis (``url=None``: no meter).
 
     ``url``: redis://, rediss://, redis+socket:// or sentinel:// (see
-    :func:`celery_floodgate.redis_client.redis_client` for ``options``).
+    `celery_floodgate.redis_client.redis_client` for ``options``).
     """
 
     def __init__(self, url: str | None, keys: Keys,

@@ -18,7 +18,7 @@ __all__ = ["ACCEPTED", "REFUSED", "counter"]
 
 
 class Child(Protocol):
-    """One labelled counter: what :func:`counter` returns."""
+    """One labelled counter: what `counter` returns."""
 
     def inc(self, amount: float = 1) -> None:
         """Add ``amount`` to the count."""

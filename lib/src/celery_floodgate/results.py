@@ -14,7 +14,7 @@ already hands the message to a worker): on RabbitMQ with a Redis result backend
 the body of a chord applied a second time did not run 8 times in 20 for plain
 Celery with ``confirm_publish`` alone, 4 in 20 for an app with install().
 
-The fix (:class:`RerunnableChords`): forget the previous run's mark in
+The fix (`RerunnableChords`): forget the previous run's mark in
 ``apply_chord()``, which Celery calls once per application of a chord, *before*
 any header task is published.
 
@@ -95,7 +95,7 @@ _mixed_lock = threading.Lock()
 
 
 def rerunnable_class(backend_cls: type) -> type:
-    """``backend_cls`` with :class:`RerunnableChords` mixed in (one class per base)."""
+    """``backend_cls`` with `RerunnableChords` mixed in (one class per base)."""
     if issubclass(backend_cls, RerunnableChords):
         return backend_cls
     with _mixed_lock:
@@ -111,7 +111,7 @@ def is_redis_backend(backend_cls: object) -> bool:
 
 
 def rerunnable_chords(app: Any) -> None:
-    """Give ``app`` :class:`RerunnableChords` whenever its result backend is Redis.
+    """Give ``app`` `RerunnableChords` whenever its result backend is Redis.
 
     Idempotent and cheap. Celery creates the backend lazily (``app.backend``, one
     per thread for Redis, which is not thread-safe) from ``backend_cls`` or

@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 
 
 class QueueStats(TypedDict):
-    """One queue's figures in :func:`queue_stats`."""
+    """One queue's figures in `queue_stats`."""
 
     #: Messages ready in the broker; None if the broker did not answer.
     depth: int | None
@@ -29,10 +29,10 @@ class QueueStats(TypedDict):
 
 
 def guard_for(app: Celery) -> Guard | None:
-    """The guard :func:`~celery_floodgate.install` put on ``app``.
+    """The guard `celery_floodgate.install` put on ``app``.
 
     :param app: a Celery app.
-    :returns: its :class:`~celery_floodgate.Guard` (limits, meter, broker kind),
+    :returns: its `celery_floodgate.Guard` (limits, meter, broker kind),
         or None if ``install()`` was not called on it.
     """
     from celery_floodgate.guard import Guard
@@ -113,7 +113,7 @@ def queue_stats(app: Celery) -> dict[str, QueueStats]:
     scrape, not for each submission.
 
     :param app: a Celery app.
-    :returns: queue name -> its :class:`QueueStats` (``depth``, ``limit``,
+    :returns: queue name -> its `QueueStats` (``depth``, ``limit``,
         ``drain_rate``, ``oldest_age_s``); empty if ``install()`` was not called.
     """
     guard = guard_for(app)

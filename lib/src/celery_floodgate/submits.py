@@ -9,7 +9,7 @@ Recording a submission is a dict increment under a lock: no round trip is added
 to the submit path. A process that exits loses at most its last second (an
 ``atexit`` flush keeps even that on a clean exit).
 
-Readers: :func:`last_minute` (one MGET of 120 keys).
+Readers: `last_minute` (one MGET of 120 keys).
 """
 from __future__ import annotations
 

@@ -1,12 +1,12 @@
 """Guarded kombu transports: the one place every publish meets its queue's limit.
 
-* Redis (:mod:`.redis`): ``admit.lua`` counts the queue (with its priority
+* Redis (`.redis`): ``admit.lua`` counts the queue (with its priority
   sub-lists) and pushes, atomically, so the limit is exact under any number of
   concurrent submitters and costs no extra round trip.
-* RabbitMQ (:mod:`.amqp`): the broker's own ``x-max-length`` with
+* RabbitMQ (`.amqp`): the broker's own ``x-max-length`` with
   ``x-overflow: reject-publish`` and publisher confirms; a nack becomes QueueFull.
 
-:func:`celery_floodgate.install` sets them as the app's ``broker_transport``;
+`celery_floodgate.install` sets them as the app's ``broker_transport``;
 a channel finds its app's guard through the connection's transport options.
 """
 from __future__ import annotations

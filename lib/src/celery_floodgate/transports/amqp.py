@@ -1,11 +1,11 @@
 """RabbitMQ transport that turns a reject-publish nack into QueueFull.
 
 The queue's ``x-max-length`` with ``x-overflow: reject-publish`` (declared by
-:func:`celery_floodgate.install`) makes RabbitMQ itself refuse the message
+`celery_floodgate.install`) makes RabbitMQ itself refuse the message
 past the limit, atomically for every publisher; publisher confirms carry that
 refusal back. A lost connection stays a connection error: only a nack means full.
 
-Its plain-TCP connections read ahead (:class:`ReadAheadTCPTransport`).
+Its plain-TCP connections read ahead (`ReadAheadTCPTransport`).
 """
 from __future__ import annotations
 
@@ -106,14 +106,14 @@ class ReadAheadTCPTransport(TCPTransport):  # type: ignore[misc]  # py-amqp is u
 
 
 class Connection(pyamqp.Connection):  # type: ignore[misc]  # kombu is read as Any
-    """kombu's py-amqp connection with the guarded :class:`Channel`, reading ahead on plain TCP."""
+    """kombu's py-amqp connection with the guarded `Channel`, reading ahead on plain TCP."""
 
     Channel = Channel
 
     def Transport(self, host: str, connect_timeout: float | None, ssl: Any = False,
                   read_timeout: float | None = None, write_timeout: float | None = None,
                   socket_settings: Any = None, **kwargs: Any) -> Any:
-        """py-amqp's socket transport: :class:`ReadAheadTCPTransport` unless over TLS."""
+        """py-amqp's socket transport: `ReadAheadTCPTransport` unless over TLS."""
         options = dict(read_timeout=read_timeout, write_timeout=write_timeout,
                        socket_settings=socket_settings, **kwargs)
         if ssl:
@@ -122,6 +122,6 @@ class Connection(pyamqp.Connection):  # type: ignore[misc]  # kombu is read as A
 
 
 class Transport(pyamqp.Transport):  # type: ignore[misc]  # kombu is read as Any
-    """The kombu transport :func:`celery_floodgate.install` sets for ``amqp://`` brokers."""
+    """The kombu transport `celery_floodgate.install` sets for ``amqp://`` brokers."""
 
     Connection = Connection

@@ -12,7 +12,7 @@ from celery_floodgate.transports import amqp
 
 
 class Transport(amqp.Transport):
-    """As :class:`.amqp.Transport`, with TLS on (kombu's ``pyamqp.SSLTransport``)."""
+    """As `.amqp.Transport`, with TLS on (kombu's ``pyamqp.SSLTransport``)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

@@ -51,7 +51,7 @@ class GuardedAMQP(LeanPublish):
 
     @property
     def producer_pool(self) -> pools.ProducerPool:
-        """The app's producer pool, of :class:`KeepsConnectionOnRefusal` producers."""
+        """The app's producer pool, of `KeepsConnectionOnRefusal` producers."""
         if self._producer_pool is None:
             connections = pools.connections[self.app.connection_for_write()]
             self._producer_pool = pools.ProducerPool(

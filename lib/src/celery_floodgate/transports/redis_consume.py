@@ -3,8 +3,8 @@
 kombu's Redis channel costs a worker four sequential round trips per message: a
 ``BRPOP`` for one message, a pipeline recording it as unacked (``ZADD unacked_index``
 + ``HSET unacked``), the task's own work, and a pipeline removing it on ack; and it
-builds a new ``redis.Redis`` object for each pipeline. :class:`BatchConsume`, mixed
-into :class:`celery_floodgate.transports.redis.Channel`, changes three things:
+builds a new ``redis.Redis`` object for each pipeline. `BatchConsume`, mixed
+into `celery_floodgate.transports.redis.Channel`, changes three things:
 
 * **Fetch a batch, recorded in the same call.** The ``BRPOP`` still waits for the
   first message (an idle worker blocks, it does not spin); then ``consume.lua``, in
@@ -32,7 +32,7 @@ into :class:`celery_floodgate.transports.redis.Channel`, changes three things:
 Unchanged: delivery tags (assigned at publish, ``_inplace_augment_message``), the
 unacked hash and index format, kombu's ``restore_visible`` sweep, ``restore_by_tag``,
 ``restore_unacked`` at shutdown and the ``redelivered`` flag. Messages fetched but not
-yet handed to Celery sit in ``QoS._delivered`` as :class:`Held` placeholders, so they
+yet handed to Celery sit in ``QoS._delivered`` as `Held` placeholders, so they
 count against the prefetch window and a warm shutdown or hard time limit hands them
 back with the rest. While a batch waits behind long tasks, their ``unacked_index``
 scores are refreshed (one ``ZADD XX``) so the visibility clock of a held message starts
@@ -149,7 +149,7 @@ class BatchQoS(kombu_redis.QoS):  # type: ignore[misc]  # kombu is read as Any
             self.flush_acks()
 
     def take_acks(self) -> list[str]:
-        """The queued acks, taken out of the queue (put them back with :meth:`return_acks`)."""
+        """The queued acks, taken out of the queue (put them back with `return_acks`)."""
         acks, tags = self._acks, []
         while True:  # popleft is atomic: an ack from another thread is never lost
             try:

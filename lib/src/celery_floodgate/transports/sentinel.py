@@ -1,8 +1,8 @@
 """Redis behind Sentinel (``sentinel://h1:26379;sentinel://h2:26379``), guarded.
 
-kombu's :class:`~kombu.transport.redis.SentinelChannel` asks the sentinels for the
+kombu's `kombu.transport.redis.SentinelChannel` asks the sentinels for the
 master of ``broker_transport_options["master_name"]`` and talks to it; this one
-adds the guarded push of :mod:`.redis`, whose ``admit.lua`` runs on that same
+adds the guarded push of `.redis`, whose ``admit.lua`` runs on that same
 master (through a Sentinel-managed pool, so it follows a failover).
 """
 from __future__ import annotations

@@ -12,7 +12,7 @@ keeps the count itself, in the meter's Redis:
   leaves the set. Removing an id is idempotent, so a message delivered twice (SQS is
   at least once; a visibility timeout that ran out; a worker that died) and deleted
   twice counts down once; a redelivery is no new admission, so nothing double counts.
-* **Reconcile** (:class:`Reconciler`, a daemon thread of any process that sends, one
+* **Reconcile** (`Reconciler`, a daemon thread of any process that sends, one
   process per queue and interval fleet-wide): compares the set with SQS's count
   (visible + in flight + delayed) and repairs drift: ids whose message is gone (a
   count-down lost with its worker or its Redis call) and messages no admission counted.
@@ -201,7 +201,7 @@ class Channel(kombu_sqs.Channel):  # type: ignore[misc]  # kombu is read as Any
 
 
 class Transport(kombu_sqs.Transport):  # type: ignore[misc]  # kombu is read as Any
-    """The kombu transport :func:`celery_floodgate.install` sets for ``sqs://`` brokers."""
+    """The kombu transport `celery_floodgate.install` sets for ``sqs://`` brokers."""
 
     Channel = Channel
 
