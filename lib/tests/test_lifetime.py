@@ -8,12 +8,13 @@ import threading
 import weakref
 from typing import Any
 
+import pytest
 from celery import Celery
 from celery.signals import task_received, worker_ready
 
-from celery_floodgate import guard_for, install, submits
+from celery_floodgate import guard_for, install, recent_counts, submits
 from celery_floodgate.guard import Guard
-from conftest import broker_url, meter_url, wait_for
+from conftest import broker_kind, broker_url, meter_url, wait_for
 
 
 def installed_app(name: str, key_prefix: str | None = None) -> tuple[Celery, Guard]:
@@ -95,3 +96,20 @@ def test_a_forked_child_starts_its_own_flush_thread_on_first_use() -> None:
     os.waitpid(pid, 0)
     assert seen == "0,1"
     assert len(flush_threads(prefix)) == 1  # the parent's own, still running
+
+
+def test_an_app_configured_after_install_flushes_its_counts_into_the_broker_it_gets() -> None:
+    """A bare app has no meter at install(); once configured with a Redis broker, the meter
+    follows the broker, and its submissions are counted there (recent_counts)."""
+    if broker_kind() != "redis":
+        pytest.skip("the meter follows the broker only on Redis")
+    prefix = "lifetime-late"
+    app = Celery("late", set_as_current=False)
+    guard = install(app, {"lifetime": 10, "celery": 10}, key_prefix=prefix)
+    app.config_from_object({"broker_url": broker_url(),
+                            "task_routes": {"work": {"queue": "lifetime"}}})
+    app.send_task("work", (1,))
+    assert guard.meter.url
+    wait_for(lambda: recent_counts(app).get("lifetime", {}).get("accepted") == 1, timeout_s=10)
+    assert len(flush_threads(prefix)) == 1
+    app.close()

@@ -117,7 +117,7 @@ def test_limits_parse_from_a_mapping_or_from_text():
 
 
 class FakeMeter:
-    keys, client = Keys("test"), None
+    keys, client, url = Keys("test"), None, None
 
     def __init__(self, rate=None, held=0):
         self.rate, self.held = rate, held

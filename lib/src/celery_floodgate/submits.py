@@ -62,15 +62,14 @@ class SubmitCounter:
         """Start this process's flush thread, unless it runs already (install() calls it;
         a forked child starts its own on its first submission)."""
         with _start_lock:
-            if self._pid == os.getpid():
-                return
+            meter = self._meter()
+            if self._pid == os.getpid() or meter is None or not meter.url:
+                return  # running already, or no meter yet (a bare app's comes on configure)
             self._lock = threading.Lock()  # a lock held across fork would never be released
             self._counts = Counter()       # the parent flushes its own counts
             self._pid = os.getpid()
-            meter = self._meter()
-            if meter is not None and meter.url:  # no meter, nothing to flush into
-                threading.Thread(target=_flush_every_second, args=(weakref.ref(self),),
-                                 daemon=True, name=thread_name(meter)).start()
+            threading.Thread(target=_flush_every_second, args=(weakref.ref(self),),
+                             daemon=True, name=thread_name(meter)).start()
 
     def flush(self) -> None:
         with self._lock:
@@ -127,6 +126,8 @@ def counter(meter: Meter) -> SubmitCounter:
 def record(meter: Meter, queue: str, outcome: str) -> None:
     """Count one submission to ``queue`` (ACCEPTED or REFUSED); never raises, never waits
     on the network."""
+    if not meter.url:
+        return  # no meter: nowhere to count into
     try:
         counter(meter).add(queue, outcome)
     except Exception:  # noqa: BLE001 - counting must never fail a submission

@@ -29,8 +29,8 @@ class Admission:
 
     def _put(self, queue: str, message: dict[str, Any], **kwargs: Any) -> None:
         guard = guard_of(self.connection.client)
-        limit = guard.limit_for(queue) if guard else None
-        if guard is None or limit is None:  # reply, pidbox and other apps' queues are not ours
+        if guard is None or (limit := guard.limit_for(queue)) is None:
+            # reply, pidbox and other apps' queues are not ours
             super()._put(queue, message, **kwargs)  # type: ignore[misc]
             return
         headers = message.setdefault("headers", {})
