@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-test
 UP_STAMP := $(VENV)/.installed-up
 
-.PHONY: up test test-unit test-integration test-sqs test-lib matrix docs bench install clean compose-check
+.PHONY: up test test-unit test-integration test-sqs test-lib matrix docs bench install clean compose-check lock
 
 $(BIN)/python:
 	@test -n "$(PY)" || { echo "Python 3.11 or newer is required (none found on PATH)"; exit 1; }
@@ -22,8 +22,16 @@ $(UP_STAMP): pyproject.toml lib/pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet -e ./lib -e '.[dev]'
 	touch $@
 
-$(STAMP): pyproject.toml lib/pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e ./lib -e '.[dev,test,bench,sqs]'
+# CI (CI set, as .ci/run sets it) installs exactly requirements/test.lock, each file checked
+# against its hash and wheels only, then the two local packages without their dependencies;
+# development installs the newest releases pyproject.toml allows, as `make up` does.
+$(STAMP): pyproject.toml lib/pyproject.toml requirements/test.lock | $(BIN)/python
+	if [ -n "$$CI" ]; then \
+		$(BIN)/pip install --quiet --require-hashes --only-binary=:all: -r requirements/test.lock \
+		&& $(BIN)/pip install --quiet --no-deps --no-build-isolation -e ./lib -e . ; \
+	else \
+		$(BIN)/pip install --quiet -e ./lib -e '.[dev,test,bench,sqs]' ; \
+	fi
 	touch $@ $(UP_STAMP)
 
 install: $(STAMP)
@@ -76,9 +84,28 @@ docs: $(STAMP)
 bench: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m bench.run_all
 
+# The Python dependencies, pinned with their hashes for CPython 3.11 on Linux x86_64:
+# requirements/app.lock (what the Dockerfile installs) and requirements/test.lock (CI),
+# compiled from requirements/*.in, which name the two local packages so that their
+# dependencies are resolved while they themselves stay out of the locks. Keeps the pins
+# already there; `make lock LOCK_FLAGS=--upgrade` moves every one to the newest release.
+UV_VERSION := 0.13.10
+LOCK_FLAGS ?=
+UV_COMPILE = $(BIN)/uv pip compile --quiet --generate-hashes --python-version 3.11 \
+	--python-platform x86_64-manylinux_2_28 --no-emit-package celery-floodgate \
+	--no-emit-package floodgate-app --custom-compile-command "make lock" $(LOCK_FLAGS)
+
+lock: | $(BIN)/python
+	$(BIN)/pip install --quiet 'uv==$(UV_VERSION)'
+	$(UV_COMPILE) requirements/app.in -o requirements/app.lock
+	$(UV_COMPILE) requirements/test.in -o requirements/test.lock
+
+# Validates docker-compose.yml with Debian's docker-compose, against throwaway secrets
+# made by deploy/make-secrets.sh in a temporary directory.
 compose-check:
-	RABBITMQ_USER=fg RABBITMQ_PASSWORD=check POSTGRES_PASSWORD=check \
-	FLOWER_BASIC_AUTH=admin:check GRAFANA_ADMIN_PASSWORD=check docker-compose config --quiet
+	dir=$$(mktemp -d) && trap 'rm -rf "$$dir"' EXIT \
+	&& SECRETS_DIR=$$dir/secrets deploy/make-secrets.sh >/dev/null \
+	&& SECRETS_DIR=$$dir/secrets docker-compose config --quiet
 
 clean:
 	rm -rf var

@@ -1,212 +1,44 @@
 """Live job events for ``GET /jobs/{job_id}/events``: one Redis subscriber per API process.
 
-What feeds a stream: workers publish a job's status on ``floodgate:job:{id}`` after
-each commit that changed it (:mod:`tasks.demo.notify`). Each API process holds ONE
-Redis pub/sub connection (:class:`Hub`, redis.asyncio) and one task reading it; it
-subscribes to a job's channel while at least one stream of that job is open, and
-puts every message on each such stream's :class:`asyncio.Queue`. N open streams
-cost N small queues and N sockets to their clients, not N Redis connections, no
-thread and no polling; a stream the client drops is unsubscribed by the
-generator's ``finally`` (sse-starlette cancels it on disconnect).
+What feeds a stream: :mod:`api.hub`, this process's one Redis subscriber. A stream
+the client drops is unsubscribed by the generator's ``finally`` (sse-starlette
+cancels it on disconnect).
 
-If the Redis connection fails, the hub reconnects with backoff, subscribes again
-to every open job, and tells each stream to re-read the job's status once (it may
-have missed an event meanwhile).
+What a stream may cost (:func:`stream`): each API process serves at most
+SSE_MAX_PER_USER streams per user (429 past that) and SSE_MAX_PER_PROCESS in all
+(503), both with Retry-After; a stream ends after SSE_MAX_LIFETIME_S with a
+``reconnect`` event, and a client that takes no data for SSE_SEND_TIMEOUT_S is dropped.
 """
 from __future__ import annotations
 
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-import redis.asyncio as aioredis
+from fastapi import HTTPException
+from sse_starlette import EventSourceResponse
+from sse_starlette.sse import SendTimeoutError
 from starlette.concurrency import run_in_threadpool
+from starlette.types import Receive, Scope, Send
 
-from tasks.demo.jobs import FINAL
+from api.hub import RESYNC, Subscription, close_hub, hub
+from config.settings import get_settings
 from tasks.demo.job_status import job_status
-from tasks.demo.notify import CHANNEL_PREFIX, channel, redis_url
+from tasks.demo.jobs import FINAL
+
+__all__ = ["close_hub", "stream", "slots"]
 
 log = logging.getLogger(__name__)
 
-#: Events kept for a stream whose client reads slowly; older ones are dropped (the
-#: newest status is what matters, and a final one is never dropped: it ends the stream).
-QUEUE_SIZE = 64
-RESYNC = object()  # "re-read the status": the hub reconnected and may have missed events
-RECONNECT_MAX_S = 5.0
-READY_WAIT_S = 2.0
 _ORDER = {"queued": 0, "running": 1}
-
-
-class Subscription:
-    """One stream's view of one job: a queue the hub fills."""
-
-    def __init__(self, hub: "Hub", job_id: str) -> None:
-        self.hub, self.job_id = hub, job_id
-        self.queue: asyncio.Queue = asyncio.Queue(QUEUE_SIZE)
-        self.closed = False
-
-    def put(self, item: Any) -> None:
-        if self.queue.full():  # keep the newest: drop the oldest
-            self.queue.get_nowait()
-        self.queue.put_nowait(item)
-
-    async def get(self) -> Any:
-        return await self.queue.get()
-
-    def close(self) -> None:
-        """Stop receiving; synchronous, so it completes even in a cancelled task."""
-        if not self.closed:
-            self.closed = True
-            self.hub.unsubscribe(self)
-
-    async def aclose(self) -> None:  # for a BackgroundTask: run on the loop, not in a thread
-        self.close()
-
-
-class Hub:
-    """The API process's one Redis pub/sub connection, fanned out to open streams."""
-
-    def __init__(self, url: str) -> None:
-        self.url = url
-        self.loop = asyncio.get_running_loop()
-        self.subs: dict[str, set[Subscription]] = {}
-        self._redis: aioredis.Redis | None = None
-        self._pubsub = None
-        self._ready = asyncio.Event()
-        self._task: asyncio.Task | None = None
-        self._lock = asyncio.Lock()
-
-    @property
-    def streams(self) -> int:
-        return sum(len(s) for s in self.subs.values())
-
-    async def subscribe(self, job_id: str) -> Subscription:
-        """A queue of ``job_id``'s events; the channel is subscribed before this returns,
-        so nothing published after it is missed."""
-        self._start()
-        if not self._ready.is_set():  # the process's first stream: let the hub connect
-            try:
-                await asyncio.wait_for(self._ready.wait(), READY_WAIT_S)
-            except asyncio.TimeoutError:
-                pass  # Redis down: stream the status; a RESYNC follows the reconnect
-        sub = Subscription(self, job_id)
-        async with self._lock:
-            first = job_id not in self.subs
-            self.subs.setdefault(job_id, set()).add(sub)
-            if first and self._ready.is_set():
-                try:
-                    await self._pubsub.subscribe(channel(job_id))
-                except Exception:  # noqa: BLE001 - the reader reconnects and resubscribes
-                    log.warning("job events: subscribe failed; reconnecting", exc_info=True)
-        return sub
-
-    def unsubscribe(self, sub: Subscription) -> None:
-        subs = self.subs.get(sub.job_id)
-        if subs is None:
-            return
-        subs.discard(sub)
-        if not subs:
-            del self.subs[sub.job_id]
-            self.loop.create_task(self._drop_channel(sub.job_id))
-
-    async def _drop_channel(self, job_id: str) -> None:
-        async with self._lock:  # a stream of the job opened since keeps the channel
-            if job_id in self.subs or not self._ready.is_set():
-                return
-            try:
-                await self._pubsub.unsubscribe(channel(job_id))
-            except Exception:  # noqa: BLE001
-                log.debug("job events: unsubscribe failed", exc_info=True)
-
-    def _start(self) -> None:
-        if self._task is None or self._task.done():
-            self._task = self.loop.create_task(self._run(), name="job-events-hub")
-
-    async def _connect(self) -> None:
-        self._redis = aioredis.Redis.from_url(self.url, socket_connect_timeout=2,
-                                              health_check_interval=30)
-        self._pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
-        async with self._lock:
-            # Subscribe to a placeholder first: get_message needs a subscribed connection.
-            await self._pubsub.subscribe(f"{CHANNEL_PREFIX}hub", *map(channel, self.subs))
-            self._ready.set()
-
-    async def _disconnect(self) -> None:
-        self._ready.clear()
-        pubsub, client, self._pubsub, self._redis = self._pubsub, self._redis, None, None
-        for closing in (pubsub, client):
-            if closing is not None:
-                try:
-                    await closing.aclose()
-                except Exception:  # noqa: BLE001
-                    pass
-
-    async def _run(self) -> None:
-        pause, first = 0.2, True
-        while True:
-            try:
-                await self._connect()
-                if not first:  # events may have been missed while disconnected
-                    for subs in list(self.subs.values()):
-                        for sub in subs:
-                            sub.put(RESYNC)
-                first, pause = False, 0.2
-                while True:
-                    message = await self._pubsub.get_message(timeout=30)
-                    if message is not None and message["type"] == "message":
-                        self._dispatch(message)
-            except asyncio.CancelledError:
-                await self._disconnect()
-                raise
-            except Exception:  # noqa: BLE001 - Redis went away: reconnect with backoff
-                log.warning("job events: Redis subscriber failed; reconnecting in %.1f s",
-                            pause, exc_info=True)
-                await self._disconnect()
-                first = False  # streams opened meanwhile re-read their status on connect
-                await asyncio.sleep(pause)
-                pause = min(RECONNECT_MAX_S, pause * 2)
-
-    def _dispatch(self, message: dict) -> None:
-        name = message["channel"].decode()
-        try:
-            event = json.loads(message["data"])
-        except ValueError:
-            return
-        for sub in list(self.subs.get(name.removeprefix(CHANNEL_PREFIX), ())):
-            sub.put(event)
-
-    async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except (asyncio.CancelledError, Exception):  # noqa: BLE001
-                pass
-            self._task = None
-
-
-_hub: Hub | None = None
-
-
-def hub() -> Hub:
-    """This process's hub, on the running event loop (made on first use)."""
-    global _hub
-    loop = asyncio.get_running_loop()
-    if _hub is None or _hub.loop is not loop:
-        url = redis_url()
-        if url is None:
-            raise RuntimeError("job events need a Redis (METER_URL, a Redis broker or backend)")
-        _hub = Hub(url)
-    return _hub
-
-
-async def close_hub() -> None:
-    global _hub
-    if _hub is not None:
-        await _hub.close()
-        _hub = None
+#: Seconds between comment lines on an idle stream, so proxies keep it open.
+PING_S = 15
+#: Retry-After of a refused stream: most streams end within seconds (their job finishes).
+RETRY_AFTER_S = 5
+#: How long an EventSource waits before reconnecting once a stream's lifetime is over.
+RECONNECT_MS = 1000
 
 
 def newer(event: dict, last: dict | None) -> bool:
@@ -228,35 +60,158 @@ def newer(event: dict, last: dict | None) -> bool:
     return rank > last_rank
 
 
-async def open_stream(job_id: str) -> tuple[Subscription, dict]:
-    """Subscribe, then read the current status (404 raises JobNotFound, nothing held)."""
+async def open_stream(job_id: str, owner_id: int) -> tuple[Subscription, dict]:
+    """Subscribe, then read the current status; JobNotFound (404), holding nothing, when
+    ``owner_id`` did not submit the job."""
     sub = await hub().subscribe(job_id)
     try:
-        status = await run_in_threadpool(job_status, job_id)
+        status = await run_in_threadpool(job_status, job_id, owner_id)
     except BaseException:
         sub.close()
         raise
     return sub, status
 
 
-async def events(sub: Subscription, status: dict) -> AsyncIterator[dict]:
-    """The SSE events of one stream: the current status, each change, the final one."""
+async def events(sub: Subscription, status: dict, lifetime_s: float) -> AsyncIterator[dict]:
+    """The SSE events of one stream: the current status, each change, the final one;
+    or, once ``lifetime_s`` is over, a ``reconnect`` event."""
+    loop = asyncio.get_running_loop()
+    ends_at = loop.time() + lifetime_s
     last = None
     try:
         item: Any = status
         while True:
             if item is RESYNC:
-                try:
-                    item = await run_in_threadpool(job_status, sub.job_id)
-                except Exception:  # noqa: BLE001 - keep streaming what the hub sends
-                    item = await sub.get()
-                    continue
+                item = await _reread(sub.job_id)
             if isinstance(item, dict) and newer(item, last):
                 last = item
                 final = item["state"] in FINAL
                 yield {"event": "final" if final else "status", "data": json.dumps(item)}
                 if final:
                     return
-            item = await sub.get()
+            try:
+                item = await asyncio.wait_for(sub.get(), max(0.0, ends_at - loop.time()))
+            except TimeoutError:
+                yield _reconnect(lifetime_s)
+                return
     finally:
         sub.close()
+
+
+async def _reread(job_id: str) -> dict | None:
+    try:
+        return await run_in_threadpool(job_status, job_id)
+    except Exception:  # noqa: BLE001 - keep streaming what the hub sends
+        return None
+
+
+def _reconnect(lifetime_s: float) -> dict:
+    detail = (f"this stream reached its maximum lifetime ({lifetime_s:g} s, "
+              "SSE_MAX_LIFETIME_S); reconnect to keep following the job")
+    return {"event": "reconnect", "retry": RECONNECT_MS, "data": json.dumps({"detail": detail})}
+
+
+# ---------------------------------------------------------------- what a stream may cost
+
+
+class StreamsFull(HTTPException):
+    """Too many open streams: 429 for one user's (``scope="user"``), 503 for the
+    process's (``scope="process"``); both with Retry-After."""
+
+    def __init__(self, scope: str, limit: int, retry_after_s: int = RETRY_AFTER_S) -> None:
+        self.scope, self.limit, self.retry_after_s = scope, limit, retry_after_s
+        if scope == "user":
+            status, detail = 429, (
+                f"you already have {limit} event streams open on this API process, the most "
+                f"one user may (SSE_MAX_PER_USER); close one, or retry in {retry_after_s} s")
+        else:
+            status, detail = 503, (
+                f"this API process already serves {limit} event streams "
+                f"(SSE_MAX_PER_PROCESS); retry in {retry_after_s} s")
+        super().__init__(status, detail, headers={"Retry-After": str(retry_after_s)})
+
+
+class Slots:
+    """The streams one API process has open, per user and in all (on its event loop)."""
+
+    def __init__(self, per_user: int, per_process: int) -> None:
+        self.per_user, self.per_process = per_user, per_process
+        self.by_user: dict[int, int] = {}
+        self.total = 0
+
+    def acquire(self, user_id: int) -> Callable[[], None]:
+        """Hold a slot for ``user_id``, or raise :class:`StreamsFull`; returns the
+        function that gives it back (calling it again does nothing)."""
+        held = self.by_user.get(user_id, 0)
+        if held >= self.per_user:
+            raise StreamsFull("user", self.per_user)
+        if self.total >= self.per_process:
+            raise StreamsFull("process", self.per_process)
+        self.by_user[user_id] = held + 1
+        self.total += 1
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if not released:
+                released = True
+                self._release(user_id)
+
+        return release
+
+    def _release(self, user_id: int) -> None:
+        self.total -= 1
+        left = self.by_user[user_id] - 1
+        if left:
+            self.by_user[user_id] = left
+        else:
+            del self.by_user[user_id]
+
+
+_slots: Slots | None = None
+
+
+def slots() -> Slots:
+    global _slots
+    if _slots is None:
+        settings = get_settings()
+        _slots = Slots(settings.sse_max_per_user, settings.sse_max_per_process)
+    return _slots
+
+
+class JobEventStream(EventSourceResponse):
+    """An event stream that runs its ``on_close`` callables however it ends: finished,
+    past its lifetime, client gone or too slow to read, or never started."""
+
+    def __init__(self, content: AsyncIterator[dict], on_close: tuple[Callable[[], None], ...],
+                 **options: Any) -> None:
+        super().__init__(content, **options)
+        self._on_close = on_close
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        except SendTimeoutError:  # uvicorn closes the connection: nothing left to send
+            log.info("job events: dropped a client that took no data for %g s "
+                     "(SSE_SEND_TIMEOUT_S)", self.send_timeout)
+        finally:
+            for close in self._on_close:
+                close()
+
+
+async def stream(job_id: str, user_id: int) -> JobEventStream:
+    """``job_id``'s event stream for the user who submitted it.
+
+    Raises :class:`StreamsFull` (429/503) or, when ``user_id`` did not submit the job,
+    JobNotFound (404); either way nothing is held.
+    """
+    release = slots().acquire(user_id)
+    try:
+        sub, status = await open_stream(job_id, user_id)
+    except BaseException:
+        release()
+        raise
+    settings = get_settings()
+    return JobEventStream(events(sub, status, settings.sse_max_lifetime_s),
+                          on_close=(sub.close, release), ping=PING_S,
+                          send_timeout=settings.sse_send_timeout_s)

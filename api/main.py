@@ -2,22 +2,38 @@
 from __future__ import annotations
 
 import gc
+import logging
 import sys
 from contextlib import asynccontextmanager
 
+import redis
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import InterfaceError, OperationalError
 
 from api.limits import BodySizeLimit
 from api.routes import aggregates, jobs, ops, posts, users
 from config.logging import configure_api_logging
 from config.settings import get_settings
-from tasks.demo.db import engine
+from tasks.demo.db import check_schema, engine
 from celery_floodgate import BrokerUnavailable, QueueFull
-from tasks.demo.errors import JobNotFound, NameTaken, StoreFailed, UnknownUser
+from tasks.demo.errors import (
+    DependencyDown,
+    FollowLimit,
+    Forbidden,
+    JobNotFound,
+    KeyNotFound,
+    NameTaken,
+    RateLimited,
+    StoreFailed,
+    Unauthenticated,
+    UnknownUser,
+)
 
+log = logging.getLogger("floodgate.api")
 settings = get_settings()
+settings.require_api_secrets()  # fail fast: the API cannot check a key without them
 # The event loop answers refusals; threads store accepted posts. CPython hands the GIL
 # over every 5 ms by default, so a refusal could wait that long behind a thread running
 # Python code: 1 ms keeps a refusal's answer prompt (bench (f): 503 p99).
@@ -28,7 +44,7 @@ configure_api_logging()
 
 @asynccontextmanager
 async def lifespan(_: FastAPI):
-    engine()  # creates missing tables; fails fast if the database is unreachable
+    check_schema(engine())  # fails fast: database unreachable, or its schema not the code's
     # Everything loaded so far (FastAPI, SQLAlchemy, Celery, kombu: about a million
     # objects) lives as long as the process. Left to the collector, each full collection
     # walked them all, an 80 ms stop every few seconds under overload: the p99 of every
@@ -63,24 +79,71 @@ async def _queue_full(_: Request, exc: QueueFull) -> JSONResponse:
                  depth=exc.depth, limit=exc.limit, retry_after_s=exc.retry_after_s)
 
 
+# A 503 says what is down in words. The driver's text (hosts, users, addresses) goes to
+# the server's log only.
 @app.exception_handler(BrokerUnavailable)
 async def _broker_down(_: Request, exc: BrokerUnavailable) -> JSONResponse:
-    return _json(503, str(exc), {"Retry-After": str(exc.retry_after_s)}, queue=exc.queue,
+    log.warning("broker unavailable for %s: %s", exc.queue, exc.cause)
+    detail = (f"the message broker is unreachable, so nothing was queued to {exc.queue!r}; "
+              f"retry in {exc.retry_after_s} s")
+    return _json(503, detail, {"Retry-After": str(exc.retry_after_s)}, queue=exc.queue,
                  retry_after_s=exc.retry_after_s)
 
 
 @app.exception_handler(StoreFailed)
 async def _store_failed(_: Request, exc: StoreFailed) -> JSONResponse:
-    return _json(503, str(exc), {"Retry-After": str(exc.retry_after_s)}, job_id=exc.job_id,
+    log.warning("job %s not stored: %s", exc.job_id, exc.cause)
+    kept = ("nothing was kept" if exc.fenced else f"if it was stored after all, "
+            f"GET /jobs/{exc.job_id} shows it within seconds; otherwise nothing was kept")
+    detail = (f"the database did not store job {exc.job_id}; {kept}; "
+              f"retry in {exc.retry_after_s} s")
+    return _json(503, detail, {"Retry-After": str(exc.retry_after_s)}, job_id=exc.job_id,
+                 retry_after_s=exc.retry_after_s)
+
+
+@app.exception_handler(DependencyDown)
+async def _dependency_down(_: Request, exc: DependencyDown) -> JSONResponse:
+    return _json(503, str(exc), {"Retry-After": str(exc.retry_after_s)},
+                 retry_after_s=exc.retry_after_s)
+
+
+@app.exception_handler(OperationalError)  # connection lost, server gone, timeouts
+@app.exception_handler(InterfaceError)
+async def _database_down(request: Request, exc: OperationalError | InterfaceError) -> JSONResponse:
+    log.warning("database error on %s %s: %s", request.method, request.url.path, exc.orig)
+    return await _dependency_down(request, DependencyDown("the database"))
+
+
+@app.exception_handler(redis.RedisError)
+async def _redis_down(request: Request, exc: redis.RedisError) -> JSONResponse:
+    log.warning("Redis error on %s %s: %s", request.method, request.url.path, exc)
+    return await _dependency_down(request, DependencyDown("Redis (events and rate limits)"))
+
+
+@app.exception_handler(Unauthenticated)
+async def _unauthenticated(_: Request, exc: Unauthenticated) -> JSONResponse:
+    return _json(401, str(exc), {"WWW-Authenticate": "Bearer"})
+
+
+@app.exception_handler(Forbidden)
+async def _forbidden(_: Request, exc: Forbidden) -> JSONResponse:
+    return _json(403, str(exc))
+
+
+@app.exception_handler(RateLimited)
+async def _rate_limited(_: Request, exc: RateLimited) -> JSONResponse:
+    return _json(429, str(exc), {"Retry-After": str(exc.retry_after_s)},
                  retry_after_s=exc.retry_after_s)
 
 
 @app.exception_handler(UnknownUser)
 @app.exception_handler(JobNotFound)
+@app.exception_handler(KeyNotFound)
 async def _not_found(_: Request, exc: Exception) -> JSONResponse:
     return _json(404, str(exc))
 
 
+@app.exception_handler(FollowLimit)
 @app.exception_handler(NameTaken)
 async def _conflict(_: Request, exc: NameTaken) -> JSONResponse:
     return _json(409, str(exc))

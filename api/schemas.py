@@ -34,13 +34,23 @@ class UserIn(Strict):
     name: Name
 
 
+class UserCreated(BaseModel):
+    id: int
+    name: str
+    key_id: str
+    api_key: str = Field(description="send as 'Authorization: Bearer <api_key>'; shown only once")
+
+
+class KeyCreated(BaseModel):
+    key_id: str
+    api_key: str = Field(description="shown only once")
+
+
 class FollowIn(Strict):
-    follower: Name
     followee: Name
 
 
 class PostIn(Strict):
-    author: Name
     text: Text
 
 

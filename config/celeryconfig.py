@@ -15,7 +15,7 @@ from config.settings import get_settings
 _s = get_settings()
 
 # https://docs.celeryq.dev/en/stable/userguide/configuration.html#broker-url
-broker_url = _s.broker_url
+broker_url = _s.broker
 # https://docs.celeryq.dev/en/stable/userguide/configuration.html#result-backend
 result_backend = _s.result_backend_url
 

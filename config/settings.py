@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 from typing import Literal
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from config.queues import DEFAULT_LIMITS, parse_queue_limits
@@ -18,6 +18,12 @@ from celery_floodgate import broker_kind
 #: SQS's longest visibility timeout.
 SQS_MAX_VISIBILITY_S = 43_200
 PLACEHOLDERS = {"changeme", "change-me", "password", "secret", "guest", "admin", ""}
+#: Fields read from ``<NAME>_FILE`` when that is set (Docker secrets, docs/app/security.md).
+SECRET_FIELDS = ("broker_url", "result_backend", "database_url", "migration_database_url",
+                 "meter_url", "flower_basic_auth", "api_key_secret", "ops_token")
+FLOWER_PASSWORD_MIN = 12
+API_KEY_SECRET_MIN = 32
+OPS_TOKEN_MIN = 24
 
 
 class ConfigError(SystemExit):
@@ -27,17 +33,65 @@ class ConfigError(SystemExit):
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(extra="ignore", frozen=True)
 
-    broker_url: str = Field(description="redis://, rediss://, amqp://, sqs:// or memory:// URL")
-    result_backend: str | None = Field(
+    # URLs carry passwords, so every one is a SecretStr: printed or logged, it shows as
+    # '**********' (urls are shown masked with config.secrets.masked_url).
+    broker_url: SecretStr = Field(
+        description="redis://, rediss://, amqp://, sqs:// or memory:// URL")
+    result_backend: SecretStr | None = Field(
         default=None, description="Result backend URL; defaults to BROKER_URL when that is Redis"
     )
-    database_url: str = Field(description="sqlite:/// or postgresql:// URL for the app's data")
-    meter_url: str | None = Field(
+    database_url: SecretStr = Field(
+        description="sqlite:/// or postgresql:// URL for the app's data")
+    migration_database_url: SecretStr | None = Field(
+        default=None,
+        description="the URL `python -m config.migrate` uses: a role that owns the tables; "
+        "defaults to DATABASE_URL (the app's own role only reads and writes rows)",
+    )
+    meter_url: SecretStr | None = Field(
         default=None,
         description="Redis URL where workers record drain rates; defaults to the Redis broker "
         "or, on RabbitMQ, to a Redis RESULT_BACKEND",
     )
-    flower_basic_auth: str | None = Field(default=None, description="user:password for Flower")
+    flower_basic_auth: SecretStr | None = Field(
+        default=None, description=f"user:password for Flower; the password has at least "
+        f"{FLOWER_PASSWORD_MIN} characters")
+    # The API's secrets: optional here (workers and beat never use them), required by the
+    # API, which refuses to start without them (Settings.require_api_secrets).
+    api_key_secret: SecretStr | None = Field(
+        default=None, description=f"at least {API_KEY_SECRET_MIN} random characters: the key "
+        "that signs every API key's id (api/auth.py); changing it revokes every API key")
+    ops_token: SecretStr | None = Field(
+        default=None, description=f"at least {OPS_TOKEN_MIN} random characters: the bearer "
+        "token of GET /metrics and GET /healthz/details")
+    auth_cache_s: float = Field(
+        default=10, ge=0, le=300,
+        description="how long an API process trusts a key it has checked; a revoked key "
+        "stops working in other processes within this time (in its own at once)")
+    rate_limit_signups: str = Field(
+        default="20/minute", description="POST /users per client address ('limits' notation, "
+        "shared by every API process through the meter's Redis)")
+    rate_limit_follows: str = Field(
+        default="120/minute", description="POST and DELETE /follows per user")
+    max_follows_per_user: int = Field(default=5000, ge=1, le=1_000_000,
+                                      description="how many accounts one account may follow")
+    sse_max_per_user: int = Field(default=4, ge=1, le=1000,
+                                  description="open event streams per user, per API process")
+    sse_max_per_process: int = Field(default=1000, ge=1, le=100_000,
+                                     description="open event streams per API process")
+    sse_max_lifetime_s: float = Field(default=600, gt=0, le=86_400,
+                                      description="a stream closes after this; clients reconnect")
+    sse_send_timeout_s: float = Field(default=10, gt=0, le=300,
+                                      description="a client that takes no event for this long "
+                                      "is dropped")
+    health_cache_s: float = Field(default=5, gt=0, le=300,
+                                  description="how long the public /healthz reuses its checks")
+    request_read_timeout_s: float = Field(
+        default=10, gt=0, le=300,
+        description="a client must send a request's headers and body within this time, or its "
+        "connection is closed (slow-header and slow-body clients, api/serve.py)")
+    api_limit_concurrency: int = Field(
+        default=2000, ge=10, le=1_000_000,
+        description="open connections per API process before uvicorn answers 503")
     api_port: int = Field(default=8000, ge=1, le=65535)
     flower_port: int = Field(default=5555, ge=1, le=65535)
     aggregation_interval_s: int = Field(default=60, ge=1, le=86400)
@@ -108,22 +162,65 @@ class Settings(BaseSettings):
         "each carrying the job id, task name and queue where known (config/logging.py)",
     )
 
-    @field_validator("broker_url", "result_backend", "meter_url", "database_url")
+    @model_validator(mode="before")
     @classmethod
-    def _url_has_scheme(cls, value: str | None) -> str | None:
-        if value is not None and "://" not in value:
-            raise ValueError(f"{value!r} is not a URL (expected scheme://...)")
+    def _read_secret_files(cls, data):
+        """``<NAME>_FILE=/run/secrets/x`` stands for ``<NAME>``: Docker secrets and other
+        mounted files keep secrets out of the environment (and out of ``docker inspect``)."""
+        return read_secret_files(data)
+
+    @field_validator("broker_url", "result_backend", "meter_url", "database_url",
+                     "migration_database_url")
+    @classmethod
+    def _url_has_scheme(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and "://" not in value.get_secret_value():
+            # The value itself may hold a password: name the problem, not the value.
+            raise ValueError("is not a URL (expected scheme://...)")
         return value
 
     @field_validator("flower_basic_auth")
     @classmethod
-    def _auth_is_user_password(cls, value: str | None) -> str | None:
+    def _auth_is_user_password(cls, value: SecretStr | None) -> SecretStr | None:
         if value is None:
             return value
-        user, sep, password = value.partition(":")
+        user, sep, password = value.get_secret_value().partition(":")
         if not sep or not user or password.lower() in PLACEHOLDERS:
             raise ValueError("must be user:password with a real password (not a placeholder)")
+        if len(password) < FLOWER_PASSWORD_MIN:
+            raise ValueError(f"has a password of {len(password)} characters; use at least "
+                             f"{FLOWER_PASSWORD_MIN}")
         return value
+
+    @field_validator("api_key_secret", "ops_token")
+    @classmethod
+    def _long_random(cls, value: SecretStr | None, info) -> SecretStr | None:
+        if value is None:
+            return value
+        least = API_KEY_SECRET_MIN if info.field_name == "api_key_secret" else OPS_TOKEN_MIN
+        raw = value.get_secret_value()
+        if raw.lower() in PLACEHOLDERS or len(raw) < least or len(set(raw)) < 8:
+            raise ValueError(f"must be at least {least} random characters (e.g. python -c "
+                             "'import secrets; print(secrets.token_urlsafe(32))')")
+        return value
+
+    @field_validator("rate_limit_signups", "rate_limit_follows")
+    @classmethod
+    def _rate_parses(cls, value: str) -> str:
+        from limits import parse
+
+        try:
+            parse(value)
+        except ValueError:
+            raise ValueError(f"{value!r} is not a rate such as '20/minute'") from None
+        return value
+
+    def require_api_secrets(self) -> None:
+        """The API's own fail-fast check (workers and beat need neither secret)."""
+        missing = [n.upper() for n in ("api_key_secret", "ops_token") if getattr(self, n) is None]
+        if missing:
+            raise ConfigError(f"Floodgate configuration error: {' and '.join(missing)} "
+                              f"{'is' if len(missing) == 1 else 'are'} required by the API but "
+                              "not set (or set <NAME>_FILE to a file holding it).")
 
     @field_validator("queue_limits")
     @classmethod
@@ -175,12 +272,12 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _derived_urls(self) -> "Settings":
-        if self.result_backend is None and not _is_redis(self.broker_url):
-            if not self.broker_url.startswith("memory://"):
+        if self.result_backend is None and not _is_redis(self.broker):
+            if not self.broker.startswith("memory://"):
                 raise ValueError("RESULT_BACKEND must be set when BROKER_URL is not Redis"
                                  + (" (SQS holds no results: use redis:// or db+postgresql://)"
                                     if self.broker_kind == "sqs" else ""))
-        if self.result_backend and broker_kind(self.result_backend) == "sqs":
+        if self.result_backend and broker_kind(self.result_backend.get_secret_value()) == "sqs":
             raise ValueError("RESULT_BACKEND cannot be SQS, which holds no results: use redis:// "
                              "or db+postgresql://")
         if self.broker_kind == "sqs" and self.meter_redis_url is None:
@@ -188,17 +285,31 @@ class Settings(BaseSettings):
                              "admissions in Redis; set METER_URL (or a Redis RESULT_BACKEND)")
         return self
 
+    # The plain URLs, for the few places that connect (never for printing: masked_url).
+    @property
+    def broker(self) -> str:
+        return self.broker_url.get_secret_value()
+
+    @property
+    def database(self) -> str:
+        return self.database_url.get_secret_value()
+
+    @property
+    def migration_database(self) -> str:
+        return (self.migration_database_url or self.database_url).get_secret_value()
+
     @property
     def result_backend_url(self) -> str:
         if self.result_backend:
-            return self.result_backend
-        if self.broker_url.startswith("memory://"):
+            return self.result_backend.get_secret_value()
+        if self.broker.startswith("memory://"):
             return "cache+memory://"
-        return self.broker_url
+        return self.broker
 
     @property
     def meter_redis_url(self) -> str | None:
-        for url in (self.meter_url, self.broker_url, self.result_backend_url):
+        meter = self.meter_url.get_secret_value() if self.meter_url else None
+        for url in (meter, self.broker, self.result_backend_url):
             if url and _is_redis(url):
                 return url
         return None
@@ -206,7 +317,27 @@ class Settings(BaseSettings):
     @property
     def broker_kind(self) -> str:
         """'redis', 'amqp', 'sqs' or 'memory': the broker family the guard adapts to."""
-        return broker_kind(self.broker_url)
+        return broker_kind(self.broker)
+
+
+def read_secret_files(data):
+    """Replace each ``<NAME>_FILE`` of :data:`SECRET_FIELDS` with the file's content."""
+    import os
+
+    if not isinstance(data, dict):
+        return data
+    data = dict(data)
+    for name in SECRET_FIELDS:
+        path = os.environ.get(f"{name.upper()}_FILE")
+        if not path or data.get(name) is not None or os.environ.get(name.upper()):
+            continue
+        try:
+            with open(path, encoding="utf-8") as file:
+                data[name] = file.read().strip()
+        except OSError as exc:
+            raise ValueError(f"{name.upper()}_FILE names {path!r}, which cannot be read "
+                             f"({exc.strerror})") from None
+    return data
 
 
 def _is_redis(url: str) -> bool:

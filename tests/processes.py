@@ -47,9 +47,11 @@ class Part:
         return self.log_path.read_text(errors="replace")
 
 
-def api(env, log_dir, port: int) -> Part:
-    return Part("api", [str(BIN / "uvicorn"), "api.main:app", "--host", "127.0.0.1",
-                        "--port", str(port)], env, log_dir)
+def api(env, log_dir, port: int, workers: int = 1) -> Part:
+    """``python -m api.serve`` as the Procfile runs it, with uvicorn's access log."""
+    return Part("api", [sys.executable, "-m", "api.serve", "--host", "127.0.0.1",
+                        "--port", str(port), "--workers", str(workers), "--access-log"],
+                env, log_dir)
 
 
 def worker(env, log_dir, name="worker", queues="fanout,aggregation,default",

@@ -158,14 +158,41 @@ def reset_results() -> None:
 
 
 def database_url(name: str, tmp_dir: str) -> str:
-    """A fresh database of our own: PostgreSQL if TEST_DATABASE says so, else SQLite."""
+    """A fresh database of our own, migrated to the newest schema: PostgreSQL if
+    TEST_DATABASE says so, else SQLite."""
     name = name.replace("floodgate", PREFIX, 1)
     if os.environ.get("TEST_DATABASE") == "postgresql":
         with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
             conn.execute(f'CREATE DATABASE "{name}"')
-        return f"{PG}/{name}"
-    return f"sqlite:///{tmp_dir}/{name}.db"
+        url = f"{PG}/{name}"
+    else:
+        url = f"sqlite:///{tmp_dir}/{name}.db"
+    migrate(url)
+    return url
+
+
+def migrate(url: str) -> None:
+    """The schema as ``python -m config.migrate`` makes it, in this process (tens of ms).
+    Imports neither the Celery app nor its configuration (tests/faults/harness.py)."""
+    from config.migrate import upgrade
+
+    upgrade(url)
+
+
+def api_env() -> dict[str, str]:
+    """What the API needs in every test environment: API_KEY_SECRET and OPS_TOKEN, random
+    per session (the API refuses to start without them; tests read them back from
+    os.environ or a part's env), and a signup rate no suite reaches, since all tests sign
+    up from one address (the rate-limit tests set their own)."""
+    import secrets
+
+    for name in ("API_KEY_SECRET", "OPS_TOKEN"):
+        _session_secrets.setdefault(name, secrets.token_urlsafe(32))
+    return {**_session_secrets, "RATE_LIMIT_SIGNUPS": "100000/minute"}
+
+
+_session_secrets: dict[str, str] = {}
 
 
 def free_port() -> int:

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
+from api.auth import CurrentUser
 from api.deps import Limit, iso
 from api.schemas import Aggregates
 from tasks.demo.aggregates import recent_windows
@@ -11,7 +12,7 @@ router = APIRouter(tags=["aggregates"])
 
 
 @router.get("/aggregates", response_model=Aggregates)
-def get_aggregates(limit: Limit = 24) -> dict:
+def get_aggregates(_: CurrentUser, limit: Limit = 24) -> dict:
     """Windows computed ahead of time by beat; this only reads them."""
     with engine().connect() as conn:
         rows = recent_windows(conn, limit)

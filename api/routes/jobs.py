@@ -4,10 +4,11 @@ import uuid
 from contextlib import asynccontextmanager
 
 from fastapi import APIRouter
+from fastapi.concurrency import run_in_threadpool
 from sse_starlette import EventSourceResponse
-from starlette.background import BackgroundTask
 
 from api import events
+from api.auth import CurrentUser
 from api.schemas import JobStatus
 from tasks.demo.errors import JobNotFound
 from tasks.demo.job_status import job_status
@@ -20,8 +21,6 @@ async def lifespan(_):
 
 
 router = APIRouter(tags=["jobs"], lifespan=lifespan)
-#: Seconds between comment lines on an idle stream, so proxies keep it open.
-PING_S = 15
 
 
 def _known(job_id: str) -> None:
@@ -31,10 +30,12 @@ def _known(job_id: str) -> None:
         raise JobNotFound(job_id) from None
 
 
-@router.get("/jobs/{job_id}", response_model=JobStatus, responses={404: {"description": "never issued"}})
-def get_job(job_id: str) -> dict:
+@router.get("/jobs/{job_id}", response_model=JobStatus,
+            responses={404: {"description": "never issued, or not yours"}})
+async def get_job(job_id: str, me: CurrentUser) -> dict:
+    """The status of a job you submitted; anyone else's is a 404, as if it did not exist."""
     _known(job_id)
-    return job_status(job_id)
+    return await run_in_threadpool(job_status, job_id, me.user_id)
 
 
 @router.get(
@@ -43,15 +44,16 @@ def get_job(job_id: str) -> dict:
     responses={
         200: {"content": {"text/event-stream": {}},
               "description": "Server-Sent Events: `status` (the current status, then each "
-                             "change of state or progress), then one `final`; then it closes"},
-        404: {"description": "never issued"},
+                             "change of state or progress), then one `final`; then it closes. "
+                             "After SSE_MAX_LIFETIME_S a `reconnect` event ends it instead"},
+        404: {"description": "never issued, or not yours"},
+        429: {"description": "you have SSE_MAX_PER_USER streams open; see Retry-After"},
+        503: {"description": "this process has SSE_MAX_PER_PROCESS streams open; see "
+                             "Retry-After"},
     },
 )
-async def job_events(job_id: str) -> EventSourceResponse:
-    """Follow a job live. Each event's data is the JSON of ``GET /jobs/{job_id}``."""
+async def job_events(job_id: str, me: CurrentUser) -> EventSourceResponse:
+    """Follow a job you submitted live. Each event's data is the JSON of
+    ``GET /jobs/{job_id}``."""
     _known(job_id)
-    sub, status = await events.open_stream(job_id)  # JobNotFound: a 404, nothing held
-    # The stream's generator unsubscribes when it ends; the background task also does
-    # when it never started (a client gone at once).
-    return EventSourceResponse(events.events(sub, status), ping=PING_S,
-                               background=BackgroundTask(sub.aclose))
+    return await events.stream(job_id, me.user_id)  # 404/429/503: nothing held

@@ -1,34 +1,101 @@
+"""Accounts, their API keys, follows and timelines.
+
+Rules (README): anyone may create an account; everything else acts as the account
+whose key it sends. A timeline is private to its owner: it is what they follow.
+"""
 from __future__ import annotations
 
-from fastapi import APIRouter, HTTPException
+from fastapi import APIRouter, HTTPException, Request, Response
 
+from api import authors, ratelimit
+from api.auth import CurrentUser, forget, signing_key
 from api.deps import Limit, iso
-from api.schemas import FollowIn, Name, Timeline, UserIn
+from api.schemas import FollowIn, KeyCreated, Name, Timeline, UserCreated, UserIn
+from config.settings import get_settings
+from tasks.demo import keys
 from tasks.demo.db import engine
-from tasks.demo.timeline import create_user, follow, read_timeline
+from tasks.demo.errors import Forbidden, KeyNotFound
+from tasks.demo.timeline import create_user, follow, read_timeline, unfollow
 
 router = APIRouter(tags=["users"])
+_401 = {401: {"description": "no API key, or not a valid one"}}
 
 
-@router.post("/users", status_code=201, responses={409: {"description": "name taken"}})
-def post_user(body: UserIn) -> dict:
+@router.post("/users", status_code=201, response_model=UserCreated,
+             responses={409: {"description": "name taken"},
+                        429: {"description": "too many accounts from this address"}})
+def post_user(body: UserIn, request: Request) -> dict:
+    """Create an account and its first API key. The key is shown only in this answer."""
+    ratelimit.signups(request.client.host if request.client else "unknown")
     with engine().begin() as conn:
-        return {"id": create_user(conn, body.name), "name": body.name}
+        uid = create_user(conn, body.name)
+        key_id, api_key = keys.create_key(conn, uid, signing_key())
+    authors.forget(engine(), body.name)
+    return {"id": uid, "name": body.name, "key_id": key_id, "api_key": api_key}
 
 
-@router.post("/follows", status_code=201, responses={404: {"description": "unknown user"}})
-def post_follow(body: FollowIn) -> dict:
-    if body.follower == body.followee:
-        raise HTTPException(422, "a user cannot follow themselves")
+@router.get("/users/me", responses=_401)
+def get_me(me: CurrentUser) -> dict:
+    return {"id": me.user_id, "name": me.name, "key_id": me.key_id}
+
+
+@router.post("/keys", status_code=201, response_model=KeyCreated, responses=_401)
+def post_key(me: CurrentUser) -> dict:
+    """Another key for the caller (to rotate: make one, switch, revoke the old one)."""
     with engine().begin() as conn:
-        created = follow(conn, body.follower, body.followee)
-    return {"follower": body.follower, "followee": body.followee, "created": created}
+        key_id, api_key = keys.create_key(conn, me.user_id, signing_key())
+    return {"key_id": key_id, "api_key": api_key}
 
 
-@router.get("/timelines/{name}", response_model=Timeline)
-def get_timeline(name: Name, limit: Limit = 50) -> dict:
+@router.get("/keys", responses=_401)
+def get_keys(me: CurrentUser) -> dict:
     with engine().connect() as conn:
-        posts = read_timeline(conn, name, limit)
+        return {"keys": keys.list_keys(conn, me.user_id)}
+
+
+@router.delete("/keys/{key_id}", status_code=204,
+               responses={**_401, 404: {"description": "not a live key of yours"}})
+def delete_key(key_id: str, me: CurrentUser) -> Response:
+    """Revoke a key: at once in this process, within AUTH_CACHE_S in the others."""
+    with engine().begin() as conn:
+        revoked = keys.revoke_key(conn, me.user_id, key_id[:64])
+    if not revoked:
+        raise KeyNotFound(key_id[:64])
+    forget(key_id)
+    return Response(status_code=204)
+
+
+@router.post("/follows", status_code=201,
+             responses={**_401, 404: {"description": "unknown user"},
+                        409: {"description": "MAX_FOLLOWS_PER_USER reached"},
+                        429: {"description": "too many follow changes"}})
+def post_follow(body: FollowIn, me: CurrentUser) -> dict:
+    if body.followee == me.name:
+        raise HTTPException(422, "a user cannot follow themselves")
+    ratelimit.follows(me.user_id)
+    followee_id = authors.resolve(engine(), body.followee)
+    with engine().begin() as conn:
+        created = follow(conn, me.user_id, followee_id, get_settings().max_follows_per_user)
+    return {"follower": me.name, "followee": body.followee, "created": created}
+
+
+@router.delete("/follows/{followee}", responses={**_401, 404: {"description": "unknown user"}})
+def delete_follow(followee: Name, me: CurrentUser) -> dict:
+    ratelimit.follows(me.user_id)
+    followee_id = authors.resolve(engine(), followee)
+    with engine().begin() as conn:
+        removed = unfollow(conn, me.user_id, followee_id)
+    return {"follower": me.name, "followee": followee, "removed": removed}
+
+
+@router.get("/timelines/{name}", response_model=Timeline,
+            responses={**_401, 403: {"description": "another user's timeline"}})
+def get_timeline(name: Name, me: CurrentUser, limit: Limit = 50) -> dict:
+    if name != me.name:
+        raise Forbidden(f"timelines are private: you may read only your own "
+                        f"(/timelines/{me.name})")
+    with engine().connect() as conn:
+        posts = read_timeline(conn, me.user_id, limit)
     for post in posts:
         post["created_at"] = iso(post["created_at"])
-    return {"user": name, "posts": posts}
+    return {"user": me.name, "posts": posts}

@@ -1,4 +1,8 @@
-"""Database engine and the one dialect-specific helper (insert-or-ignore)."""
+"""Database engine, the schema check and the one dialect-specific helper (insert-or-ignore).
+
+The schema is made and changed by migrations (``python -m config.migrate``), never here:
+the app's own role may read and write rows but not create tables.
+"""
 from __future__ import annotations
 
 import functools
@@ -6,20 +10,32 @@ import functools
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.dialects import postgresql, sqlite
 
-from config.settings import get_settings
-from tasks.demo.models import metadata
+from config.settings import ConfigError, get_settings
 
 
 @functools.cache
 def engine() -> Engine:
-    url = get_settings().database_url
+    url = get_settings().database
     if url.startswith("sqlite"):
         eng = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
         event.listen(eng, "connect", _sqlite_pragmas)
     else:
         eng = create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10)
-    metadata.create_all(eng)
     return eng
+
+
+def check_schema(eng: Engine) -> str:
+    """The schema's revision when it is the code's; ConfigError (a SystemExit) naming both
+    revisions and ``python -m config.migrate`` otherwise. Connects, so an unreachable
+    database fails here too."""
+    from config.migrate import behind, current_revision, head_revision
+
+    with eng.connect() as conn:
+        current = current_revision(conn)
+    problem = behind(current, head_revision())
+    if problem:
+        raise ConfigError(f"Floodgate configuration error: {problem}.")
+    return current
 
 
 def _sqlite_pragmas(dbapi_conn, _record) -> None:

@@ -5,7 +5,13 @@
           ├── StoreFailed          the job was admitted but its rows could not be stored
           ├── JobNotFound          no job was ever issued with that id
           ├── UnknownUser          a request named a user who does not exist
-          └── NameTaken            a user with this name already exists
+          ├── KeyNotFound          no live API key of the caller's with that id
+          ├── NameTaken            a user with this name already exists
+          ├── Unauthenticated      no valid credential (401)
+          ├── Forbidden            a valid credential, someone else's resource (403)
+          ├── RateLimited          too many requests of one kind (429)
+          ├── FollowLimit          MAX_FOLLOWS_PER_USER reached (409)
+          └── DependencyDown       the database or Redis is unreachable (503, in words)
 """
 from __future__ import annotations
 
@@ -55,6 +61,15 @@ class UnknownUser(FloodgateError):
         super().__init__(name)
 
 
+class KeyNotFound(FloodgateError):
+    """The caller has no live API key with this id (revoked, someone else's, or none)."""
+
+    def __init__(self, key_id: str) -> None:
+        self.key_id = key_id
+        self.message = f"you have no live API key with id {key_id!r}; GET /keys lists yours"
+        super().__init__(key_id)
+
+
 class NameTaken(FloodgateError):
     """A user with this name already exists."""
 
@@ -62,3 +77,56 @@ class NameTaken(FloodgateError):
         self.name = name
         self.message = f"user name {name!r} is already taken; choose another"
         super().__init__(name)
+
+
+class Unauthenticated(FloodgateError):
+    """No credential, or one that is not (or no longer) valid: HTTP 401."""
+
+    USER_HINT = ("send 'Authorization: Bearer <api_key>' with the key POST /users or "
+                 "POST /keys returned")
+
+    def __init__(self, problem: str, hint: str = USER_HINT) -> None:
+        self.problem = problem
+        self.message = f"{problem}; {hint}"
+        super().__init__(problem, hint)
+
+
+class Forbidden(FloodgateError):
+    """The caller is known but may not act on this resource: HTTP 403."""
+
+    def __init__(self, problem: str) -> None:
+        self.problem = problem
+        self.message = problem
+        super().__init__(problem)
+
+
+class RateLimited(FloodgateError):
+    """Too many requests of one kind from one client: HTTP 429 with Retry-After."""
+
+    def __init__(self, what: str, limit: str, retry_after_s: int) -> None:
+        self.what, self.limit, self.retry_after_s = what, limit, retry_after_s
+        self.message = (f"too many {what} from this client (the limit is {limit}); "
+                        f"retry in {retry_after_s} s")
+        super().__init__(what, limit, retry_after_s)
+
+
+class FollowLimit(FloodgateError):
+    """An account already follows as many accounts as one may: HTTP 409."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.message = (f"you already follow {limit} accounts, the most one account may "
+                        "(MAX_FOLLOWS_PER_USER); unfollow one first with DELETE /follows/{name}")
+        super().__init__(limit)
+
+
+class DependencyDown(FloodgateError):
+    """A service the request needs is unreachable: HTTP 503 with Retry-After.
+
+    ``what`` names it in words; the driver's text stays in the server's log.
+    """
+
+    def __init__(self, what: str, retry_after_s: int = 5) -> None:
+        self.what, self.retry_after_s = what, retry_after_s
+        self.message = f"{what} is unreachable; nothing was changed; retry in {retry_after_s} s"
+        super().__init__(what, retry_after_s)

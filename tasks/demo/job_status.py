@@ -9,9 +9,10 @@ from tasks.demo.db import engine
 from tasks.demo.models import job_chunks
 
 
-def job_status(job_id: str) -> dict:
+def job_status(job_id: str, owner_id: int | None = None) -> dict:
+    """The job's status; with ``owner_id``, JobNotFound unless that user submitted it."""
     with engine().connect() as conn:
-        row = jobs.get_job(conn, job_id)
+        row = jobs.get_job(conn, job_id, owner_id)
         done, delivered = conn.execute(
             select(func.count(), func.coalesce(func.sum(job_chunks.c.delivered), 0))
             .where(job_chunks.c.job_id == job_id)

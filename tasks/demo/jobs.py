@@ -15,7 +15,7 @@ from sqlalchemy import func, select, update
 
 from tasks.demo.db import insert_ignore
 from tasks.demo.errors import JobNotFound
-from tasks.demo.models import job_chunks, jobs
+from tasks.demo.models import job_chunks, jobs, posts
 
 QUEUED, RUNNING, SUCCEEDED, FAILED = "queued", "running", "succeeded", "failed"
 ABANDONED = "abandoned"
@@ -35,9 +35,19 @@ def find(conn, job_id: str):
     return conn.execute(select(jobs).where(jobs.c.id == job_id)).first()
 
 
-def get_job(conn, job_id: str):
-    """The job a user was promised; an abandoned one was never issued to anyone."""
-    row = find(conn, job_id)
+def get_job(conn, job_id: str, owner_id: int | None = None):
+    """The job a user was promised; an abandoned one was never issued to anyone.
+
+    With ``owner_id``, only the job of a post by that user: anyone else's job is
+    JobNotFound too, so a job id tells a stranger nothing, not even that it exists.
+    """
+    if owner_id is None:
+        row = find(conn, job_id)
+    else:
+        row = conn.execute(
+            select(jobs).join(posts, posts.c.id == jobs.c.post_id)
+            .where(jobs.c.id == job_id, posts.c.author_id == owner_id)
+        ).first()
     if row is None or row.state == ABANDONED:
         raise JobNotFound(job_id)
     return row

@@ -27,6 +27,18 @@ users = Table(
     Column("created_at", Float, nullable=False),
 )
 
+# API keys (api/auth.py): a key is shown once, at its creation; only the SHA-256 of its
+# secret part is kept. ``id`` is the key's public id (the part before the secret).
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("user_id", ForeignKey("users.id"), nullable=False, index=True),
+    Column("secret_sha256", String(64), nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("revoked_at", Float, nullable=True),
+)
+
 follows = Table(
     "follows",
     metadata,

@@ -11,7 +11,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
 from tasks.demo.db import insert_ignore
-from tasks.demo.errors import NameTaken, UnknownUser
+from tasks.demo.errors import FollowLimit, NameTaken, UnknownUser
 from tasks.demo.models import follows, posts, timeline_entries, users
 
 
@@ -32,10 +32,31 @@ def user_id(conn, name: str) -> int:
     return found
 
 
-def follow(conn, follower: str, followee: str) -> bool:
-    """Make ``follower`` follow ``followee``; False if it already did."""
-    row = {"follower_id": user_id(conn, follower), "followee_id": user_id(conn, followee)}
-    return conn.execute(insert_ignore(conn, follows).values(row)).rowcount == 1
+def follow(conn, follower_id: int, followee_id: int, max_follows: int) -> bool:
+    """Make one user follow another; False if it already did. FollowLimit when the
+    follower already follows ``max_follows`` accounts.
+
+    The follower's row is locked first (PostgreSQL; SQLite serialises writers anyway),
+    so two requests at once cannot both take the last place.
+    """
+    conn.execute(select(users.c.id).where(users.c.id == follower_id).with_for_update())
+    row = {"follower_id": follower_id, "followee_id": followee_id}
+    if conn.execute(insert_ignore(conn, follows).values(row)).rowcount == 0:
+        return False
+    if following_count(conn, follower_id) > max_follows:
+        raise FollowLimit(max_follows)  # the caller's transaction rolls the insert back
+    return True
+
+
+def unfollow(conn, follower_id: int, followee_id: int) -> bool:
+    """Stop following; False if it did not follow."""
+    return conn.execute(follows.delete().where(
+        follows.c.follower_id == follower_id, follows.c.followee_id == followee_id)).rowcount == 1
+
+
+def following_count(conn, follower_id: int) -> int:
+    return conn.execute(
+        select(func.count()).where(follows.c.follower_id == follower_id)).scalar_one()
 
 
 def create_post(conn, author: str, text: str) -> dict:
@@ -97,8 +118,7 @@ def post_row(conn, post_id: int):
     return conn.execute(select(posts).where(posts.c.id == post_id)).first()
 
 
-def read_timeline(conn, name: str, limit: int) -> list[dict]:
-    uid = user_id(conn, name)
+def read_timeline(conn, uid: int, limit: int) -> list[dict]:
     query = (
         select(posts.c.id, users.c.name, posts.c.text, posts.c.created_at)
         .join(timeline_entries, timeline_entries.c.post_id == posts.c.id)

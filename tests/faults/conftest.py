@@ -12,6 +12,7 @@ pass's broker (FLOODGATE_TEST_BROKER), so nothing runs twice.
 """
 from __future__ import annotations
 
+import os
 import re
 import uuid
 
@@ -23,6 +24,9 @@ from tests.faults.brokers import Broker, PrivateRabbit, PrivateRedis
 from tests.faults.harness import RESULTS_URL, System
 
 VHOST_STOCK = 12  # more than the RabbitMQ tests of one session
+# The API's secrets, random per session; tests read them from os.environ (System passes
+# the same values to the API it starts).
+os.environ.update(support.api_env())
 
 
 @pytest.hookimpl(hookwrapper=True, tryfirst=True)

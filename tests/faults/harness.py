@@ -3,8 +3,10 @@ API and workers run as subprocesses on a private broker (``System``).
 
 Nothing here imports the app (``config`` or ``tasks``: importing them would make the
 Floodgate Celery app current in the test process, and pytest-celery's fixtures would
-then load its configuration from this process's environment). API and workers get an
-explicit environment; the app's tables are read with plain SQL.
+then load its configuration from this process's environment); the migrations that make
+each system's database (support.database_url) import only the settings and the models.
+API and workers get an explicit environment, with the session's API_KEY_SECRET and
+OPS_TOKEN (support.api_env()); the app's tables are read with plain SQL.
 """
 from __future__ import annotations
 
@@ -67,6 +69,7 @@ class System:
             RESULT_BACKEND=RESULTS_URL,
             DATABASE_URL=self.db_url,
             FLOWER_BASIC_AUTH="faults:not-a-placeholder",
+            **support.api_env(),
             REPUBLISH_AFTER_S="10",
             PYTHONUNBUFFERED="1",
         )
@@ -199,11 +202,23 @@ def wait_for(predicate, timeout_s: float, message: str, interval_s: float = 0.2,
 
 
 def make_author(http: httpx.Client, followers: int) -> str:
+    """A new account followed by ``followers`` new accounts, each following through its own
+    API key. From then on ``http`` acts as the author (its Authorization header carries the
+    author's key): ``http.post("/posts", json={"text": ...})``. Returns the author's name."""
     tag = uuid.uuid4().hex[:8]
     author = f"author-{tag}"
-    assert http.post("/users", json={"name": author}).status_code == 201
+    author_key = signup(http, author)
     for i in range(followers):
-        fan = f"fan{i}-{tag}"
-        assert http.post("/users", json={"name": fan}).status_code == 201
-        assert http.post("/follows", json={"follower": fan, "followee": author}).status_code == 201
+        fan_key = signup(http, f"fan{i}-{tag}")
+        followed = http.post("/follows", json={"followee": author},
+                             headers={"Authorization": f"Bearer {fan_key}"})
+        assert followed.status_code == 201, followed.text
+    http.headers["Authorization"] = f"Bearer {author_key}"
     return author
+
+
+def signup(http: httpx.Client, name: str) -> str:
+    """``POST /users``; the new account's API key."""
+    created = http.post("/users", json={"name": name})
+    assert created.status_code == 201, created.text
+    return created.json()["api_key"]

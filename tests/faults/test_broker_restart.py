@@ -43,13 +43,14 @@ class WriteLock:
 
 def start_running_jobs(broker, floodgate):
     """API and a worker on the private broker; JOBS accepted fan-outs, all inside their task,
-    held there by the database lock. Returns (system, worker, author, accepted, lock)."""
+    held there by the database lock. Returns (system, worker, author, accepted, lock), where
+    ``author`` is the headers that post as the author."""
     system = floodgate(broker.url, fanout_chunk_size=CHUNK)
     system.start_api()
     with system.http() as http:
-        author = make_author(http, FOLLOWERS)
-        answers = [http.post("/posts", json={"author": author, "text": f"row7 #{i}"})
-                   for i in range(JOBS)]
+        make_author(http, FOLLOWERS)  # http now posts as the author
+        author = {"Authorization": http.headers["Authorization"]}
+        answers = [http.post("/posts", json={"text": f"row7 #{i}"}) for i in range(JOBS)]
     assert [a.status_code for a in answers] == [202] * JOBS
     accepted = {a.json()["job_id"]: a.json()["post_id"] for a in answers}
     lock = WriteLock(system.db_url)
@@ -68,7 +69,7 @@ def finish(system, worker, author, accepted) -> None:
     """Every job took effect once, and the same worker process serves new jobs."""
     system.wait_jobs(accepted, timeout_s=60)
     with system.http() as http:
-        late = http.post("/posts", json={"author": author, "text": "row7 after the restart"})
+        late = http.post("/posts", json={"text": "row7 after the restart"}, headers=author)
     assert late.status_code == 202, late.text
     accepted = {**accepted, late.json()["job_id"]: late.json()["post_id"]}
     # The worker may still be waiting out kombu's reconnect interval, which grows by 2 s per

@@ -1,6 +1,8 @@
 """Integration tests: real broker (FLOODGATE_TEST_BROKER=redis|amqp), real Redis results,
-SQLite or PostgreSQL (TEST_DATABASE=postgresql). Workers come from the
-pytest-celery plugin's ``celery_session_worker`` fixture, run on our own app."""
+SQLite or PostgreSQL (TEST_DATABASE=postgresql), each database made by the migrations.
+Workers come from the pytest-celery plugin's ``celery_session_worker`` fixture, run on our
+own app. API_KEY_SECRET and OPS_TOKEN are random per session: tests read them from
+os.environ (subprocesses inherit them through support.stack_env)."""
 import os
 import tempfile
 
@@ -22,8 +24,10 @@ os.environ.update(
     FANOUT_CHUNK_SIZE="50",
     COMMIT_GRACE_S="2",
     FLOWER_BASIC_AUTH="admin:integration-pass",
+    **support.api_env(),
 )
-os.environ.pop("METER_URL", None)
+for _var in ("METER_URL", "MIGRATION_DATABASE_URL", "APP_DB_ROLE"):
+    os.environ.pop(_var, None)
 # celery.contrib.testing reads TEST_BROKER as a broker URL; ours is FLOODGATE_TEST_BROKER.
 os.environ.pop("TEST_BROKER", None)
 

@@ -11,7 +11,7 @@ from celery_floodgate.limits import RETRY_AFTER_UNMEASURED_S, Keys
 from celery_floodgate.transports import broker_id
 from tasks.demo.models import posts, timeline_entries
 from tests import support
-from tests.integration.helpers import count, make_following
+from tests.integration.helpers import count, make_following, post_as, read_job, timeline_of
 
 LIMIT = 200  # QUEUE_LIMITS in conftest: fanout=200
 FANOUT = "tasks.fanout.fanout_post"
@@ -215,13 +215,13 @@ def test_a_full_queue_answers_503_with_retry_after_and_writes_nothing(api, idle_
     fill(idle_app, LIMIT)
     before = count(posts), count(timeline_entries)
 
-    response = api.post("/posts", json={"author": author, "text": "refused"})
+    response = post_as(api, author, "refused")
 
     assert response.status_code == 503
     assert int(response.headers["Retry-After"]) >= 1
     assert response.json()["queue"] == "fanout" and "is full" in response.json()["detail"]
     assert (count(posts), count(timeline_entries)) == before
-    assert api.get(f"/timelines/{author}").json()["posts"] == []
+    assert timeline_of(api, author) == []
     assert depth(idle_app) == LIMIT
 
 
@@ -235,7 +235,7 @@ def test_an_accepted_post_survives_a_broker_that_loses_its_message(api, idle_app
     author, fans = make_following(api, followers=3)
     with monkeypatch.context() as patch:
         patch.setattr(tasks.demo.submit, "app", idle_app)
-        body = api.post("/posts", json={"author": author, "text": "survives"}).json()
+        body = post_as(api, author, "survives").json()
     with idle_app.connection_for_write() as conn:  # the broker loses the message
         conn.default_channel.queue_purge("fanout")
     with engine().begin() as conn:  # ... and the sweep's patience runs out
@@ -245,9 +245,9 @@ def test_an_accepted_post_survives_a_broker_that_loses_its_message(api, idle_app
 
     from tests.integration.helpers import wait_for
 
-    wait_for(lambda: api.get(body["status_url"]).json()["state"] == "succeeded")
+    wait_for(lambda: read_job(api, author, body["status_url"])["state"] == "succeeded")
     for fan in fans:
-        assert [p["post_id"] for p in api.get(f"/timelines/{fan}").json()["posts"]] == [body["post_id"]]
+        assert [p["post_id"] for p in timeline_of(api, fan)] == [body["post_id"]]
 
 
 def test_the_meter_records_what_workers_drain(api):
@@ -256,7 +256,7 @@ def test_the_meter_records_what_workers_drain(api):
     import time
 
     for _ in range(5):
-        api.post("/posts", json={"author": author, "text": "drain"})
+        post_as(api, author, "drain")
     time.sleep(2.5)  # one flush interval and a bit
     now = int(time.time())
     drained = sum(int(v or 0) for v in client.mget([drained_key("fanout", s) for s in range(now - 5, now + 1)]))
@@ -277,12 +277,12 @@ def test_the_backoff_helper_honours_retry_after_within_its_bounds(api, idle_app,
 
     class Recording:
         def post(self, url, json):
-            response = api.post(url, json=json)
+            response = api.post(url, json=json, headers=author.headers)
             hints.append(int(response.headers.get("Retry-After", 0)))
             return response
 
     start = time.monotonic()
-    response = post_with_backoff(Recording(), "/posts", {"author": author, "text": "patient"},
+    response = post_with_backoff(Recording(), "/posts", {"text": "patient"},
                                  max_attempts=3, max_total_s=30, hint_jitter=0.2,
                                  sleep=lambda s: (waits.append(s), time.sleep(min(s, 0.01))))
     assert response.status_code == 503  # still full after the bounded attempts

@@ -13,7 +13,7 @@ from tasks.demo import jobs
 from tasks.demo.db import engine
 from tasks.demo.models import jobs as jobs_table
 from tasks.demo.models import posts, timeline_entries
-from tests.integration.helpers import count, make_following, wait_for
+from tests.integration.helpers import User, count, make_following, read_job, timeline_of, wait_for
 from tests.integration.test_back_pressure import FANOUT, LIMIT, depth, fill
 
 NIL = "00000000-0000-0000-0000-000000000000"
@@ -85,9 +85,9 @@ def test_everything_a_batch_admits_runs(celery_session_worker, celery_session_ap
         == ["pong"] * 30
 
 
-def _post_batch(api, author: str, n: int, text: str = "batched"):
-    return api.post("/posts:batch", json={"posts": [
-        {"author": author, "text": f"{text} {i}"} for i in range(n)]})
+def _post_batch(api, author: User, n: int, text: str = "batched"):
+    return api.post("/posts:batch", json={"posts": [{"text": f"{text} {i}"} for i in range(n)]},
+                    headers=author.headers)
 
 
 def test_a_batch_of_posts_is_accepted_and_every_job_succeeds(api):
@@ -101,11 +101,11 @@ def test_a_batch_of_posts_is_accepted_and_every_job_succeeds(api):
     assert [r["index"] for r in body["results"]] == list(range(6))
     for item in body["results"]:
         assert item["status"] == "accepted" and item["status_url"] == f"/jobs/{item['job_id']}"
-        wait_for(lambda: api.get(item["status_url"]).json()["state"] == "succeeded",
+        wait_for(lambda: read_job(api, author, item["status_url"])["state"] == "succeeded",
                  timeout_s=60, message=f"job {item['job_id']} did not succeed")
     for fan in fans:
-        assert len(api.get(f"/timelines/{fan}?limit=50").json()["posts"]) == 6
-    assert len(api.get(f"/timelines/{author}?limit=50").json()["posts"]) == 6
+        assert len(timeline_of(api, fan, limit=50)) == 6
+    assert len(timeline_of(api, author, limit=50)) == 6
 
 
 def test_refused_items_leave_nothing_behind_and_the_answer_says_when_to_retry(
@@ -131,7 +131,7 @@ def test_refused_items_leave_nothing_behind_and_the_answer_says_when_to_retry(
     assert (count(posts), count(timeline_entries), count(jobs_table)) == (
         before[0] + 3, before[1] + 3, before[2] + 3)
     for r in accepted:
-        assert api.get(r["status_url"]).json()["state"] == "queued"
+        assert read_job(api, author, r["status_url"])["state"] == "queued"
     assert depth(idle_app) == LIMIT
 
     all_refused = _post_batch(api, author, 4)
@@ -168,20 +168,21 @@ def test_bad_input_is_422_with_a_sentence_naming_the_item(api):
     author, _ = make_following(api, followers=1)
     before = count(posts)
 
-    empty = api.post("/posts:batch", json={"posts": []})
-    too_many = _post_batch(api, author, BATCH_MAX + 1)
-    bad_item = api.post("/posts:batch", json={"posts": [
-        {"author": author, "text": "fine"}, {"author": author, "text": "fine"},
-        {"author": author, "text": "fine"}, {"author": "not a name!", "text": "x"}]})
-    extra = api.post("/posts:batch", json={"posts": [{"author": author, "text": "x", "y": 1}]})
-    unknown = api.post("/posts:batch", json={"posts": [
-        {"author": author, "text": "fine"}, {"author": "nobody-at-all-here", "text": "x"}]})
+    def batch(items):
+        return api.post("/posts:batch", json={"posts": items}, headers=author.headers)
 
-    for response in (empty, too_many, bad_item, extra, unknown):
+    empty = batch([])
+    too_many = _post_batch(api, author, BATCH_MAX + 1)
+    bad_item = batch([{"text": "fine"}, {"text": "fine"}, {"text": "fine"}, {"text": ""}])
+    extra = batch([{"text": "x", "y": 1}])
+    # The author is the caller: an item naming one, even the caller, is refused.
+    authored = batch([{"text": "fine"}, {"author": author.name, "text": "x"}])
+
+    for response in (empty, too_many, bad_item, extra, authored):
         assert response.status_code == 422, response.text
     assert "posts" in empty.json()["detail"] and "at least 1" in empty.json()["detail"]
     assert f"at most {BATCH_MAX}" in too_many.json()["detail"]
-    assert "posts.3.author" in bad_item.json()["detail"]
+    assert "posts.3.text" in bad_item.json()["detail"]
     assert "posts.0.y" in extra.json()["detail"]
-    assert "posts.1.author" in unknown.json()["detail"] and "unknown user" in unknown.json()["detail"]
+    assert "posts.1.author" in authored.json()["detail"]
     assert count(posts) == before

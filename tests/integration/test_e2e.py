@@ -1,11 +1,11 @@
 """End to end: API, worker, beat and Flower as subprocesses, driven over HTTP."""
 import time
-import uuid
 
 import httpx
 import pytest
 
 from tests import processes, support
+from tests.integration.helpers import follow, post_as, signup
 
 pytestmark = pytest.mark.e2e
 FLOWER_AUTH = ("admin", "e2e-flower-pass")
@@ -40,33 +40,32 @@ def system(tmp_path_factory):
 
 def test_users_follows_a_post_and_its_job_reach_every_follower_once(system):
     with httpx.Client(base_url=system["api"], timeout=10) as http:
-        tag = uuid.uuid4().hex[:6]
-        author = f"author-{tag}"
-        assert http.post("/users", json={"name": author}).status_code == 201
-        fans = [f"fan{i}-{tag}" for i in range(25)]  # three chunks of 10
+        author = signup(http, "author")
+        fans = [signup(http, f"fan{i}") for i in range(25)]  # three chunks of 10
         for fan in fans:
-            assert http.post("/users", json={"name": fan}).status_code == 201
-            assert http.post("/follows", json={"follower": fan, "followee": author}).status_code == 201
+            follow(http, fan, author)
 
-        accepted = http.post("/posts", json={"author": author, "text": "e2e #ship #ship2"})
+        accepted = post_as(http, author, "e2e #ship #ship2")
         assert accepted.status_code == 202
         body = accepted.json()
         assert accepted.headers["location"] == body["status_url"]
 
         deadline = time.monotonic() + 60
-        while (job := http.get(body["status_url"]).json())["state"] != "succeeded":
+        while (job := http.get(body["status_url"], headers=author.headers).json())["state"] \
+                != "succeeded":
             assert job["state"] in ("queued", "running") and time.monotonic() < deadline, job
             time.sleep(0.3)
         assert job["progress"] == {"chunks_done": 3, "chunks_total": 3}
 
         for fan in fans:
-            ids = [p["post_id"] for p in http.get(f"/timelines/{fan}").json()["posts"]]
+            mine = http.get(f"/timelines/{fan.name}", headers=fan.headers).json()["posts"]
+            ids = [p["post_id"] for p in mine]
             assert ids.count(body["post_id"]) == 1
 
         # beat aggregates every 2 s; the window holding the post shows up on its own
         deadline = time.monotonic() + 30
         while not any(["#ship", 1] in w["top_hashtags"]
-                      for w in http.get("/aggregates").json()["windows"]):
+                      for w in http.get("/aggregates", headers=author.headers).json()["windows"]):
             assert time.monotonic() < deadline, "beat never aggregated the post's window"
             time.sleep(0.5)
 
@@ -80,13 +79,12 @@ def test_flower_demands_credentials_and_lists_the_tasks_that_ran(system):
     # Workers send no task events until Flower turns them on (its enable_events option),
     # so keep posting until Flower lists one of the fan-outs.
     with httpx.Client(base_url=system["api"], timeout=10) as http:
-        name = f"watched-{uuid.uuid4().hex[:6]}"
-        http.post("/users", json={"name": name})
+        watched = signup(http, "watched")
         posted, deadline = [], time.monotonic() + 40
         while not set(posted) & set(httpx.get(f"{flower}/api/tasks", auth=FLOWER_AUTH,
                                                timeout=5).json()):
             assert time.monotonic() < deadline, "Flower never listed a fan-out task"
-            posted.append(http.post("/posts", json={"author": name, "text": "seen"}).json()["job_id"])
+            posted.append(post_as(http, watched, "seen").json()["job_id"])
             time.sleep(1)
     broker = httpx.get(f"{flower}/broker", auth=FLOWER_AUTH, timeout=10)
     assert broker.status_code == 200
@@ -100,10 +98,9 @@ def test_row18_two_beats_at_once_store_each_window_once_with_the_right_count(sys
     from tasks.demo.models import aggregates, posts
 
     with httpx.Client(base_url=system["api"], timeout=10) as http:
-        name = f"beats-{uuid.uuid4().hex[:6]}"
-        http.post("/users", json={"name": name})
+        poster = signup(http, "beats")
         for i in range(5):
-            assert http.post("/posts", json={"author": name, "text": f"#twice {i}"}).status_code == 202
+            assert post_as(http, poster, f"#twice {i}").status_code == 202
     engine = create_engine(system["database_url"])
 
     def tagged(rows) -> int:

@@ -1,14 +1,17 @@
 """GET /jobs/{id}/events: Server-Sent Events fed by Redis pub/sub, against a real uvicorn.
 
-Also a measurement (not run by pytest): how many streams one API process holds::
+Only the job's submitter may follow it. The caps on streams are tested in
+test_sse_caps.py; this module's API allows more (SSE_MAX_PER_USER).
 
-    python -m tests.integration.test_events http://127.0.0.1:8000 JOB_ID 2000 PID
+Also a measurement (not run by pytest): how many streams one API process holds, for an
+API run with SSE_MAX_PER_USER and SSE_MAX_PER_PROCESS at least N::
+
+    python -m tests.integration.test_events http://127.0.0.1:8000 JOB_ID N PID API_KEY
 """
 from __future__ import annotations
 
 import asyncio
 import json
-import os
 import resource
 import sys
 import time
@@ -18,7 +21,7 @@ import pytest
 import redis
 
 from tests import processes, support
-from tests.integration.helpers import wait_for
+from tests.integration.helpers import User, follow, post_as, signup, wait_for
 
 pytestmark = [pytest.mark.e2e,
               pytest.mark.skipif(support.broker_kind() != "redis",
@@ -42,14 +45,15 @@ def parse_sse(text: str) -> list[tuple[str, dict]]:
 class Stream:
     """One SSE client on a raw socket: cheap enough to open thousands."""
 
-    def __init__(self, host: str, port: int, path: str) -> None:
-        self.host, self.port, self.path = host, port, path
+    def __init__(self, host: str, port: int, path: str, api_key: str) -> None:
+        self.host, self.port, self.path, self.api_key = host, port, path, api_key
         self.buffer = b""
         self.reader = self.writer = None
 
     async def open(self) -> int:
         self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
         self.writer.write(f"GET {self.path} HTTP/1.1\r\nHost: {self.host}\r\n"
+                          f"Authorization: Bearer {self.api_key}\r\n"
                           "Accept: text/event-stream\r\nConnection: close\r\n\r\n".encode())
         await self.writer.drain()
         head = await self.reader.readuntil(b"\r\n\r\n")
@@ -91,7 +95,8 @@ def system(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("events")
     support.reset_namespace("e2e")
     port = support.free_port()
-    env = support.stack_env("e2e", "floodgate_events", tmp, FANOUT_CHUNK_SIZE=2)
+    env = support.stack_env("e2e", "floodgate_events", tmp, FANOUT_CHUNK_SIZE=2,
+                            SSE_MAX_PER_USER=100)
     api = processes.api(env, tmp, port)
     base = f"http://127.0.0.1:{port}"
     try:
@@ -101,17 +106,14 @@ def system(tmp_path_factory):
         api.stop()
 
 
-def _post_job(http: httpx.Client, followers: int) -> str:
-    tag = os.urandom(3).hex()
-    author = f"ev-{tag}"
-    assert http.post("/users", json={"name": author}).status_code == 201
-    for i in range(followers):
-        assert http.post("/users", json={"name": f"evf{i}-{tag}"}).status_code == 201
-        assert http.post("/follows", json={"follower": f"evf{i}-{tag}",
-                                           "followee": author}).status_code == 201
-    accepted = http.post("/posts", json={"author": author, "text": "live"})
+def _post_job(http: httpx.Client, followers: int) -> tuple[str, User]:
+    """A job posted by a new author with ``followers`` fans; its id and the author."""
+    author = signup(http, "ev")
+    for _ in range(followers):
+        follow(http, signup(http, "evf"), author)
+    accepted = post_as(http, author, "live")
     assert accepted.status_code == 202, accepted.text
-    return accepted.json()["job_id"]
+    return accepted.json()["job_id"], author
 
 
 def _subscribers(job_id: str) -> int:
@@ -123,10 +125,11 @@ def _subscribers(job_id: str) -> int:
 
 def test_stream_sends_status_then_each_change_then_final_and_closes(system):
     with httpx.Client(base_url=system["base"], timeout=10) as http:
-        job_id = _post_job(http, followers=5)  # three chunks of two; no worker yet
+        job_id, author = _post_job(http, followers=5)  # three chunks of two; no worker yet
 
-        async def follow() -> list[tuple[str, dict]]:
-            stream = Stream("127.0.0.1", system["port"], f"/jobs/{job_id}/events")
+        async def follow_job() -> list[tuple[str, dict]]:
+            stream = Stream("127.0.0.1", system["port"], f"/jobs/{job_id}/events",
+                            author.api_key)
             assert await stream.open() == 200
             seen = [await stream.next_event()]
             assert seen[0][0] == "status" and seen[0][1]["state"] == "queued"
@@ -145,7 +148,7 @@ def test_stream_sends_status_then_each_change_then_final_and_closes(system):
             assert closed.rstrip(b"\r\n").endswith(b"0") or closed == b""  # last chunk, EOF
             return seen
 
-        seen = asyncio.run(follow())
+        seen = asyncio.run(follow_job())
     names = [name for name, _ in seen]
     states = [event["state"] for _, event in seen]
     assert names[-1] == "final" and states[-1] == "succeeded", seen
@@ -160,15 +163,15 @@ def test_stream_sends_status_then_each_change_then_final_and_closes(system):
 
 def test_a_finished_job_gets_its_final_event_at_once(system):
     with httpx.Client(base_url=system["base"], timeout=10) as http:
-        job_id = _post_job(http, followers=1)
+        job_id, author = _post_job(http, followers=1)
         worker = processes.worker(system["env"], system["tmp"], name="events-worker2",
                                   queues="fanout", concurrency=1)
         try:
-            wait_for(lambda: http.get(f"/jobs/{job_id}").json()["state"] == "succeeded", 60,
-                     "job never finished")
+            wait_for(lambda: http.get(f"/jobs/{job_id}", headers=author.headers)
+                     .json()["state"] == "succeeded", 60, "job never finished")
         finally:
             worker.stop()
-        with http.stream("GET", f"/jobs/{job_id}/events") as response:
+        with http.stream("GET", f"/jobs/{job_id}/events", headers=author.headers) as response:
             assert response.headers["content-type"].startswith("text/event-stream")
             body = response.read().decode()
     events = parse_sse(body)
@@ -176,17 +179,29 @@ def test_a_finished_job_gets_its_final_event_at_once(system):
     assert events[0][1]["progress"] == {"chunks_done": 1, "chunks_total": 1}
 
 
-def test_unknown_job_is_404_before_any_stream(system):
+def test_unknown_job_and_someone_elses_job_are_404_before_any_stream(system):
     with httpx.Client(base_url=system["base"], timeout=10) as http:
-        for job_id in ("00000000-0000-0000-0000-000000000000", "not-a-uuid"):
-            response = http.get(f"/jobs/{job_id}/events")
+        job_id, _ = _post_job(http, followers=1)
+        other = signup(http, "ev-other")
+        for job in ("00000000-0000-0000-0000-000000000000", "not-a-uuid", job_id):
+            response = http.get(f"/jobs/{job}/events", headers=other.headers)
             assert response.status_code == 404
             assert response.headers["content-type"].startswith("application/json")
+    assert _subscribers(job_id) == 0  # nothing was held for the refused stream
+
+
+def test_a_stream_without_a_valid_key_is_401(system):
+    with httpx.Client(base_url=system["base"], timeout=10) as http:
+        job_id, _ = _post_job(http, followers=1)
+        for headers in ({}, {"Authorization": "Bearer fg_made_up"}):
+            response = http.get(f"/jobs/{job_id}/events", headers=headers)
+            assert response.status_code == 401
+            assert response.headers["WWW-Authenticate"] == "Bearer"
 
 
 def test_dropped_streams_cost_nothing_and_share_one_redis_connection(system):
     with httpx.Client(base_url=system["base"], timeout=10) as http:
-        job_id = _post_job(http, followers=1)  # stays queued: no worker
+        job_id, author = _post_job(http, followers=1)  # stays queued: no worker
     client = redis.Redis.from_url(support.results_url())
 
     def pubsub_clients() -> int:
@@ -195,8 +210,8 @@ def test_dropped_streams_cost_nothing_and_share_one_redis_connection(system):
     before = pubsub_clients()
 
     async def open_and_drop(n: int) -> None:
-        streams = [Stream("127.0.0.1", system["port"], f"/jobs/{job_id}/events")
-                   for _ in range(n)]
+        streams = [Stream("127.0.0.1", system["port"], f"/jobs/{job_id}/events",
+                          author.api_key) for _ in range(n)]
         assert set(await asyncio.gather(*(s.open() for s in streams))) == {200}
         await asyncio.gather(*(s.next_event() for s in streams))
         # 50 streams of one job: one subscription, on the one connection already there
@@ -212,13 +227,13 @@ def test_dropped_streams_cost_nothing_and_share_one_redis_connection(system):
 # ---------------------------------------------------------------- measurement
 
 
-async def _hold(base: str, job_id: str, n: int, pid: int) -> dict:
+async def _hold(base: str, job_id: str, n: int, pid: int, api_key: str) -> dict:
     import psutil
 
     host, port = base.removeprefix("http://").split(":")
     proc = psutil.Process(pid)
     rss0, cpu0 = proc.memory_info().rss, proc.cpu_times()
-    streams = [Stream(host, int(port), f"/jobs/{job_id}/events") for _ in range(n)]
+    streams = [Stream(host, int(port), f"/jobs/{job_id}/events", api_key) for _ in range(n)]
     t0 = time.monotonic()
     for i in range(0, n, 200):  # open in batches of 200
         batch = streams[i:i + 200]
@@ -264,5 +279,6 @@ async def _hold(base: str, job_id: str, n: int, pid: int) -> dict:
 if __name__ == "__main__":
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    base_url, job, count, api_pid = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
-    print(json.dumps(asyncio.run(_hold(base_url, job, count, api_pid))))
+    base_url, job, count, api_pid, key = (sys.argv[1], sys.argv[2], int(sys.argv[3]),
+                                          int(sys.argv[4]), sys.argv[5])
+    print(json.dumps(asyncio.run(_hold(base_url, job, count, api_pid, key))))

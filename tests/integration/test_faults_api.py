@@ -11,7 +11,14 @@ from celery_floodgate import EtaTooFar
 from tasks.demo.models import posts, timeline_entries
 from tests import support
 from tests.integration import workers
-from tests.integration.helpers import count, make_following, wait_for
+from tests.integration.helpers import (
+    count,
+    make_following,
+    ops_headers,
+    post_as,
+    read_job,
+    wait_for,
+)
 from tests.integration.test_back_pressure import depth
 
 FANOUT = "tasks.fanout.fanout_post"
@@ -25,13 +32,13 @@ def test_row8_duplicate_deliveries_of_a_fanout_have_one_effect(api, celery_sessi
     author, fans = make_following(api, followers=120)  # three chunks of 50
     job_id = str(uuid.uuid4())
     with engine().begin() as conn:
-        post = create_post(conn, author, "duplicated")
+        post = create_post(conn, author.name, "duplicated")
         job_records.create_job(conn, job_id, "fanout", post["post_id"])
     for _ in range(3):  # as if the broker delivered the same message three times
         celery_session_app.send_task(FANOUT, args=(job_id, post["post_id"]), task_id=job_id)
-    wait_for(lambda: api.get(f"/jobs/{job_id}").json()["state"] == "succeeded")
+    wait_for(lambda: read_job(api, author, f"/jobs/{job_id}")["state"] == "succeeded")
     time.sleep(1)  # let the duplicates finish too
-    status = api.get(f"/jobs/{job_id}").json()
+    status = read_job(api, author, f"/jobs/{job_id}")
     assert status["progress"] == {"chunks_done": 3, "chunks_total": 3}
     assert status["result"]["delivered"] == 120
     assert count(timeline_entries, timeline_entries.c.post_id == post["post_id"]) == 121
@@ -107,14 +114,14 @@ def test_row12_13_bad_input_publishes_nothing_and_writes_nothing(api, idle_app, 
     author, _ = make_following(api, followers=0)
     before = count(posts)
     bad = [
-        {"author": author}, {"author": author, "text": ""}, {"author": "ghost", "text": "x"},
-        {"author": author, "text": "x" * 1001}, {"author": author, "text": "nul\x00"},
-        {"author": author, "text": "x", "admin": True}, {"author": [author], "text": "x"},
+        {}, {"text": ""}, {"author": "ghost", "text": "x"}, {"author": author.name, "text": "x"},
+        {"text": "x" * 1001}, {"text": "nul\x00"}, {"text": "x", "admin": True},
+        {"text": ["x"]},
     ]
     for body in bad:
-        assert 400 <= api.post("/posts", json=body).status_code < 500, body
-    huge = api.post("/posts", content=b'{"author":"a","text":"' + b"x" * 100_000 + b'"}',
-                    headers={"content-type": "application/json"})
+        assert 400 <= api.post("/posts", json=body, headers=author.headers).status_code < 500, body
+    huge = api.post("/posts", content=b'{"text":"' + b"x" * 100_000 + b'"}',
+                    headers={"content-type": "application/json", **author.headers})
     assert huge.status_code == 413
     assert count(posts) == before
     assert depth(idle_app) == 0
@@ -122,11 +129,11 @@ def test_row12_13_bad_input_publishes_nothing_and_writes_nothing(api, idle_app, 
 
 def test_row20_a_job_whose_result_expired_still_answers_from_the_database(api):
     author, _ = make_following(api, followers=1)
-    body = api.post("/posts", json={"author": author, "text": "expiring"}).json()
-    wait_for(lambda: api.get(body["status_url"]).json()["state"] == "succeeded")
+    body = post_as(api, author, "expiring").json()
+    wait_for(lambda: read_job(api, author, body["status_url"])["state"] == "succeeded")
     redis.Redis.from_url(support.results_url()).delete(f"celery-task-meta-{body['job_id']}")
-    assert api.get(body["status_url"]).json()["state"] == "succeeded"
-    assert api.get(f"/jobs/{uuid.uuid4()}").status_code == 404
+    assert read_job(api, author, body["status_url"])["state"] == "succeeded"
+    assert api.get(f"/jobs/{uuid.uuid4()}", headers=author.headers).status_code == 404
 
 
 def test_metrics_expose_depth_limit_counters_and_drain_rate(api, idle_app, monkeypatch):
@@ -139,8 +146,8 @@ def test_metrics_expose_depth_limit_counters_and_drain_rate(api, idle_app, monke
     monkeypatch.setattr(tasks.demo.submit, "app", idle_app)
     for _ in range(200):
         idle_app.send_task(FANOUT, args=("x", 0))
-    assert api.post("/posts", json={"author": author, "text": "refused"}).status_code == 503
-    text = api.get("/metrics").text
+    assert post_as(api, author, "refused").status_code == 503
+    text = api.get("/metrics", headers=ops_headers()).text
     assert 'floodgate_queue_limit{queue="fanout"} 200.0' in text
     assert 'floodgate_queue_depth{queue="aggregation"}' in text
     refused = [l for l in text.splitlines() if l.startswith('floodgate_refused_total{queue="fanout"}')]

@@ -14,12 +14,12 @@ import shutil
 import subprocess
 import tempfile
 import time
-import uuid
 
 import httpx
 import pytest
 
 from tests import processes, support
+from tests.integration.helpers import post_as, signup
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180),
               pytest.mark.skipif(support.broker_kind() != "redis",
@@ -121,9 +121,7 @@ def chromium(tmp_path):
 def test_flowers_tasks_page_in_chromium_lists_floodgates_tasks(system, chromium):
     # A post starts a fan-out; wait until Flower has it (its API), then look at the page.
     with httpx.Client(base_url=system["api"], timeout=10) as http:
-        name = f"browser-{uuid.uuid4().hex[:6]}"
-        assert http.post("/users", json={"name": name}).status_code == 201
-        job = http.post("/posts", json={"author": name, "text": "seen in a browser"}).json()
+        job = post_as(http, signup(http, "browser"), "seen in a browser").json()
     deadline = time.monotonic() + 40
     while job["job_id"] not in httpx.get(f"{system['flower']}/api/tasks", auth=FLOWER_AUTH,
                                          timeout=5).json():

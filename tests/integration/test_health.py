@@ -1,7 +1,9 @@
-"""``python -m config.health``: the checks docker-compose runs, against real subprocesses.
+"""Health checks against real subprocesses: ``python -m config.health`` (what
+docker-compose runs) and the API's ``GET /healthz``.
 
 The worker check pings one worker through the broker (it answers from its consumer
-loop); the beat check reads the heartbeat beat writes on every tick.
+loop); the beat check reads the heartbeat beat writes on every tick. The API's public
+check is cached; its detailed one and /metrics need OPS_TOKEN.
 """
 import os
 import signal
@@ -11,11 +13,13 @@ import sys
 import time
 import uuid
 
+import httpx
 import pytest
 
 from scheduler import heartbeat
 from tests import processes, support
 from tests.integration import workers
+from tests.integration.helpers import ops_headers, signup
 from tests.integration.workers import counter, wait_until
 
 pytestmark = pytest.mark.timeout(180)
@@ -107,3 +111,60 @@ def test_the_beat_check_passes_while_beat_ticks_and_fails_after_it_stops(app, tm
     stale = health("beat", "--max-age-s", "3", "--file", str(beat_file), env=env)
     assert stale.returncode == 1
     assert "s old (limit 3 s): beat is stuck or stopped" in stale.stderr, stale.stderr
+
+
+# ------------------------------------------------ the API's own: GET /healthz and the ops routes
+
+HEALTH_CACHE_S = 30  # longer than the polling below takes, however loaded the machine
+
+
+@pytest.fixture(scope="module")
+def api_server(tmp_path_factory):
+    """The API in two processes (``--workers 2``), adding up their counters."""
+    tmp = tmp_path_factory.mktemp("health-api")
+    support.reset_namespace("e2e")  # on RabbitMQ, makes the vhost the first time
+    port = support.free_port()
+    multiproc = tmp / "metrics"
+    multiproc.mkdir()
+    env = support.stack_env("e2e", "floodgate_health_api", tmp, HEALTH_CACHE_S=HEALTH_CACHE_S,
+                            PROMETHEUS_MULTIPROC_DIR=multiproc)
+    api = processes.api(env, tmp, port, workers=2)
+    try:
+        processes.wait_http(f"http://127.0.0.1:{port}/healthz")
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        api.stop()
+
+
+def check_runs(base: str, route: str) -> float:
+    """``floodgate_health_checks_total{route=...}``, summed over the API's processes."""
+    text = httpx.get(f"{base}/metrics", headers=ops_headers(), timeout=10).text
+    prefix = f'floodgate_health_checks_total{{route="{route}"}} '
+    return sum(float(line[len(prefix):]) for line in text.splitlines()
+               if line.startswith(prefix))
+
+
+def test_fifty_calls_to_healthz_run_the_checks_at_most_once_per_process(api_server):
+    """The broker check (a confirmed publish on RabbitMQ) runs once per HEALTH_CACHE_S
+    per process, not once per call."""
+    with httpx.Client(base_url=api_server, timeout=10) as http:
+        http.get("/healthz")  # whatever ran at start-up is counted before
+        before = check_runs(api_server, "/healthz")
+        answers = [http.get("/healthz") for _ in range(50)]
+    assert {a.status_code for a in answers} == {200}
+    assert {a.text for a in answers} == {'{"status":"ok"}'}
+    assert check_runs(api_server, "/healthz") - before <= 2  # one per process at most
+
+
+def test_details_and_metrics_need_the_ops_token(api_server):
+    with httpx.Client(base_url=api_server, timeout=10) as http:
+        user = signup(http, "health")
+        for route in ("/healthz/details", "/metrics"):
+            for headers in ({}, user.headers, {"Authorization": "Bearer wrong-token"}):
+                refused = http.get(route, headers=headers)
+                assert refused.status_code == 401, (route, headers, refused.text)
+                assert refused.headers["WWW-Authenticate"] == "Bearer"
+            assert http.get(route, headers=ops_headers()).status_code == 200
+        details = http.get("/healthz/details", headers=ops_headers()).json()
+    assert details == {"status": "ok", "checks": {"broker": "ok", "result_backend": "ok",
+                                                  "database": "ok"}}

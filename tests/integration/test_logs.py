@@ -7,7 +7,7 @@ import httpx
 import pytest
 
 from tests import processes, support
-from tests.integration.helpers import wait_for
+from tests.integration.helpers import follow, post_as, signup, wait_for
 
 pytestmark = [pytest.mark.e2e,
               pytest.mark.skipif(support.broker_kind() != "redis",
@@ -42,16 +42,14 @@ def test_one_job_in_json_lines_of_the_api_and_the_worker(tmp_path):
         processes.wait_http(f"{base}/healthz")
         wait_for(lambda: "ready." in worker.output(), 30, "worker never became ready")
         with httpx.Client(base_url=base, timeout=10) as http:
-            for name in ("logs-author", "logs-fan1", "logs-fan2", "logs-fan3"):
-                assert http.post("/users", json={"name": name}).status_code == 201
-            for fan in ("logs-fan1", "logs-fan2", "logs-fan3"):
-                assert http.post("/follows", json={"follower": fan,
-                                                   "followee": "logs-author"}).status_code == 201
-            accepted = http.post("/posts", json={"author": "logs-author", "text": "follow me"})
+            author = signup(http, name="logs-author")
+            for name in ("logs-fan1", "logs-fan2", "logs-fan3"):
+                follow(http, signup(http, name=name), author)
+            accepted = post_as(http, author, "follow me")
             assert accepted.status_code == 202
             job_id = accepted.json()["job_id"]
-            wait_for(lambda: http.get(f"/jobs/{job_id}").json()["state"] == "succeeded", 60,
-                     "the job never finished")
+            wait_for(lambda: http.get(f"/jobs/{job_id}", headers=author.headers)
+                     .json()["state"] == "succeeded", 60, "the job never finished")
         wait_for(lambda: sum(job_id in line for line in worker.output().splitlines()) >= 4, 10,
                  "the worker never logged the job's tasks")
     finally:

@@ -1,9 +1,11 @@
 """``make up`` as a developer runs it: ``python -m config.up`` on a machine with no
 services, so with its embedded PostgreSQL and Valkey; Flower lists a job posted
-right after start; Ctrl-C leaves nothing running."""
+right after start; no password shows in a printed URL, Valkey wants its password, the
+parts connect as the app's own role; Ctrl-C leaves nothing running."""
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -11,6 +13,7 @@ import uuid
 
 import httpx
 import psutil
+import psycopg
 import pytest
 
 from config.settings import Settings
@@ -30,7 +33,8 @@ STOP_TIMEOUT_S = 20
 def _fresh_machine_env(var, api_port: int, flower_port: int) -> dict[str, str]:
     """No Floodgate setting from this test session (the conftest sets a broker and a
     database): make up must embed both."""
-    ours = {name.upper() for name in Settings.model_fields}
+    ours = {name.upper() for name in Settings.model_fields} | {"APP_DB_ROLE"}
+    ours |= {f"{name}_FILE" for name in ours}
     env = {k: v for k, v in os.environ.items() if k not in ours and not k.startswith("FLOWER_")}
     return {
         **env,
@@ -102,18 +106,90 @@ def _stop_everything(proc: subprocess.Popen, var) -> None:
                 pass
 
 
+def _printed(stack, label: str) -> str:
+    """A secret make up printed on a line of its own: ``  Valkey   password <it>``."""
+    found = re.search(rf"^  {label} +(\S+)", _output(stack), re.MULTILINE)
+    assert found, _output(stack)
+    return found[1]
+
+
+def _ops(stack) -> dict[str, str]:
+    return {"Authorization": f"Bearer {_printed(stack, 'ops +token')}"}
+
+
 def test_make_up_runs_every_part_on_embedded_postgresql_and_valkey(stack):
-    health = httpx.get(f"{stack['api']}/healthz", timeout=10)
+    health = httpx.get(f"{stack['api']}/healthz/details", headers=_ops(stack), timeout=10)
     assert health.status_code == 200, health.text
     assert health.json()["checks"] == {"broker": "ok", "result_backend": "ok", "database": "ok"}
     out = _output(stack)
     database = re.search(r"database +(\S+)(.*)", out)
     assert database, out
-    assert re.fullmatch(r"postgresql\+psycopg://floodgate:[^@]+@127\.0\.0\.1:\d+/floodgate",
+    assert re.fullmatch(r"postgresql\+psycopg://floodgate_app:\*+@127\.0\.0\.1:\d+/floodgate",
                         database[1])
     assert "embedded PostgreSQL" in database[2] and str(stack["var"]) in database[2]
-    assert re.search(r"broker +redis://127\.0\.0\.1:\d+/0 \(embedded Valkey\)", out)
+    assert re.search(r"broker +redis://:\*+@127\.0\.0\.1:\d+/0 \(embedded Valkey\)", out)
+    assert re.search(r"^Migrations: postgresql\+psycopg://floodgate:\*+@\S+ upgraded from an "
+                     r"empty schema to \w+ \(head\); role floodgate_app may read and write rows",
+                     out, re.MULTILINE), out
     assert (stack["var"] / "pg" / "PG_VERSION").exists()
+    for kept in ("pg.password", "pg-app.password", "valkey.password", "api-key-secret",
+                 "ops-token"):
+        assert (stack["var"] / kept).stat().st_mode & 0o777 == 0o600, kept
+
+
+# scheme://user:password@ : the password part is only ever printed masked.
+URL_WITH_USERINFO = re.compile(r"[a-z][a-z0-9+.-]*://[^\s:/@]*:([^\s@/]*)@", re.IGNORECASE)
+
+
+def test_no_printed_url_holds_a_password_and_no_database_password_is_printed(stack):
+    out = _output(stack)
+    passwords = [m[1] for m in URL_WITH_USERINFO.finditer(out)]
+    assert passwords, out  # the broker, results, database and migration URLs at least
+    assert all(re.fullmatch(r"\*+", p) for p in passwords), passwords
+    var = stack["var"]
+    for never in ("pg.password", "pg-app.password", "api-key-secret"):
+        assert (var / never).read_text().strip() not in out, never
+
+
+def test_valkey_refuses_a_client_without_the_password_make_up_printed(stack):
+    port = int(re.search(r"broker +redis://:\*+@127\.0\.0\.1:(\d+)/", _output(stack))[1])
+    assert _valkey(port, b"PING\r\n").startswith(b"-NOAUTH"), "Valkey answered without a password"
+    password = _printed(stack, "Valkey +password").encode()
+    assert _valkey(port, b"AUTH %s\r\nPING\r\n" % password) == b"+OK\r\n+PONG\r\n"
+
+
+def _valkey(port: int, command: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(command)
+        time.sleep(0.2)
+        return sock.recv(4096)
+
+
+def test_the_parts_connect_as_the_app_role_which_cannot_change_the_schema(stack):
+    var = stack["var"]
+    port = re.search(r"database +\S+@127\.0\.0\.1:(\d+)/", _output(stack))[1]
+    with httpx.Client(base_url=stack["api"], timeout=10) as http:  # the API uses the database
+        assert http.post("/users", json={"name": f"role-{uuid.uuid4().hex[:6]}"}).status_code == 201
+    owner = f"postgresql://floodgate:{(var / 'pg.password').read_text().strip()}@127.0.0.1:{port}"
+    with psycopg.connect(f"{owner}/floodgate") as conn:
+        users = {r[0] for r in conn.execute(
+            "SELECT usename FROM pg_stat_activity WHERE datname = 'floodgate' "
+            "AND backend_type = 'client backend' AND pid <> pg_backend_pid()")}
+    assert users == {"floodgate_app"}, users
+    app = f"postgresql://floodgate_app:{(var / 'pg-app.password').read_text().strip()}" \
+          f"@127.0.0.1:{port}/floodgate"
+    with psycopg.connect(app) as conn, pytest.raises(psycopg.errors.InsufficientPrivilege):
+        conn.execute("CREATE TABLE intruder (id integer)")
+    owner_password = (var / "pg.password").read_text().strip()
+    for part in psutil.Process(stack["proc"].pid).children(recursive=True):
+        if _name(part) in ("honcho", "celery", "api"):
+            assert owner_password not in "".join(part.environ().values()), part.cmdline()
+
+
+def test_metrics_need_the_ops_token_make_up_printed(stack):
+    assert httpx.get(f"{stack['api']}/metrics", timeout=10).status_code == 401
+    answer = httpx.get(f"{stack['api']}/metrics", headers=_ops(stack), timeout=10)
+    assert answer.status_code == 200 and "floodgate_queue_limit" in answer.text
 
 
 def test_flower_lists_a_job_posted_right_after_start(stack):
@@ -127,20 +203,19 @@ def test_flower_lists_a_job_posted_right_after_start(stack):
 
     with httpx.Client(base_url=stack["api"], timeout=10) as http:
         tag = uuid.uuid4().hex[:6]
-        author, fan = f"author-{tag}", f"fan-{tag}"
-        for name in (author, fan):
-            assert http.post("/users", json={"name": name}).status_code == 201
-        assert http.post("/follows", json={"follower": fan, "followee": author}).status_code == 201
-        accepted = http.post("/posts", json={"author": author, "text": "first #up"})
+        author, fan = (_signup(http, f"{who}-{tag}") for who in ("author", "fan"))
+        assert http.post("/follows", json={"followee": f"author-{tag}"},
+                         headers=fan).status_code == 201
+        accepted = http.post("/posts", json={"text": "first #up"}, headers=author)
         assert accepted.status_code == 202, accepted.text
         job_id = accepted.json()["job_id"]
 
         deadline = time.monotonic() + 60
-        while (job := http.get(f"/jobs/{job_id}").json())["state"] != "succeeded":
+        while (job := http.get(f"/jobs/{job_id}", headers=author).json())["state"] != "succeeded":
             assert job["state"] in ("queued", "running") and time.monotonic() < deadline, job
             time.sleep(0.3)
-        assert [p["post_id"] for p in http.get(f"/timelines/{fan}").json()["posts"]] == \
-            [accepted.json()["post_id"]]
+        timeline = http.get(f"/timelines/fan-{tag}", headers=fan).json()["posts"]
+        assert [p["post_id"] for p in timeline] == [accepted.json()["post_id"]]
 
     deadline = time.monotonic() + 10  # events travel on their own; give them a moment
     while _get_json(f"{flower}/api/tasks", auth).get(job_id, {}).get("state") != "SUCCESS":
@@ -148,11 +223,18 @@ def test_flower_lists_a_job_posted_right_after_start(stack):
         time.sleep(0.3)
 
 
+def _signup(http: httpx.Client, name: str) -> dict[str, str]:
+    """A new account; the headers that act as it."""
+    created = http.post("/users", json={"name": name})
+    assert created.status_code == 201, created.text
+    return {"Authorization": f"Bearer {created.json()['api_key']}"}
+
+
 def test_ctrl_c_stops_every_part_and_leaves_no_process(stack):
     proc, var = stack["proc"], stack["var"]
     parts = psutil.Process(proc.pid).children(recursive=True)
     servers = _processes_using(var)
-    assert {"postgres", "honcho", "celery", "uvicorn"} <= {_name(p) for p in parts}, parts
+    assert {"postgres", "honcho", "celery", "api"} <= {_name(p) for p in parts}, parts
     assert {"postgres", "valkey-server"} <= {p.name() for p in servers}, servers
 
     os.killpg(proc.pid, signal.SIGINT)  # what the terminal does on Ctrl-C
@@ -174,7 +256,9 @@ def _name(p: psutil.Process) -> str:
         cmdline = " ".join(p.cmdline())
     except psutil.NoSuchProcess:
         return "?"
-    for name in ("postgres", "honcho", "celery", "uvicorn"):
+    if "api.serve" in cmdline or "uvicorn" in cmdline:
+        return "api"
+    for name in ("postgres", "honcho", "celery"):
         if name in cmdline:
             return name
     return p.name()

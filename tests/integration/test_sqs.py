@@ -13,7 +13,7 @@ import redis
 from celery_floodgate import QueueFull, guard_for
 from tasks.demo.models import timeline_entries
 from tests import support
-from tests.integration.helpers import count, make_following, wait_for
+from tests.integration.helpers import count, make_following, read_job, timeline_of, wait_for
 
 pytestmark = pytest.mark.skipif(support.broker_kind() != "sqs", reason="SQS only")
 
@@ -54,7 +54,7 @@ def test_a_duplicated_fanout_message_has_one_effect(api, celery_session_app, idl
     author, fans = make_following(api, followers=120)  # three chunks of 50
     job_id = str(uuid.uuid4())
     with engine().begin() as conn:
-        post = create_post(conn, author, "duplicated on SQS")
+        post = create_post(conn, author.name, "duplicated on SQS")
         job_records.create_job(conn, job_id, "fanout", post["post_id"])
     # The message as the guard sends it, taken from a queue no worker reads...
     idle_app.send_task(FANOUT, args=(job_id, post["post_id"]), task_id=job_id)
@@ -64,14 +64,14 @@ def test_a_duplicated_fanout_message_has_one_effect(api, celery_session_app, idl
     _, key, sqs, url = admission(celery_session_app)
     for _ in range(2):
         sqs.send_message(QueueUrl=url, MessageBody=message["Body"])
-    wait_for(lambda: api.get(f"/jobs/{job_id}").json()["state"] == "succeeded")
+    wait_for(lambda: read_job(api, author, f"/jobs/{job_id}")["state"] == "succeeded")
     wait_for(lambda: sqs_total(sqs, url) == 0, message="both copies deleted")
-    status = api.get(f"/jobs/{job_id}").json()
+    status = read_job(api, author, f"/jobs/{job_id}")
     assert status["progress"] == {"chunks_done": 3, "chunks_total": 3}
     assert status["result"]["delivered"] == 120
     assert count(timeline_entries, timeline_entries.c.post_id == post["post_id"]) == 121
     for fan in (fans[0], fans[-1]):
-        posts = api.get(f"/timelines/{fan}").json()["posts"]
+        posts = timeline_of(api, fan)
         assert [p["post_id"] for p in posts].count(post["post_id"]) == 1
 
 

@@ -31,7 +31,9 @@ def test_a_recomputed_window_replaces_its_row_and_the_api_reads_it_from_the_stor
         post(conn, author, "#beat #late two", start + 30)  # committed after the first pass
         aggregate_window(conn, start, end)
 
-    windows = client.get("/aggregates?limit=200").json()["windows"]
+    reader = client.post("/users", json={"name": "aggregation-reader"}).json()["api_key"]
+    windows = client.get("/aggregates?limit=200",
+                         headers={"Authorization": f"Bearer {reader}"}).json()["windows"]
     mine = [w for w in windows if w["window_start"] == "2096-10-02T07:06:40+00:00"]
     assert mine == [{"window_start": "2096-10-02T07:06:40+00:00",
                      "window_end": "2096-10-02T07:07:40+00:00",

@@ -7,6 +7,7 @@ installed source (flower/events.py), not from a list kept here.
 import ast
 import importlib.util
 import json
+import os
 import re
 from pathlib import Path
 
@@ -101,7 +102,8 @@ def flower_exported() -> set[str]:
 
 
 def test_every_dashboard_query_names_an_exported_metric(client):
-    answer = client.get("/metrics")
+    ops = {"Authorization": f"Bearer {os.environ['OPS_TOKEN']}"}  # the operations credential
+    answer = client.get("/metrics", headers=ops)
     assert answer.status_code == 200
     api, flower = api_exported(answer.text), flower_exported()
     assert {"flower_events_total", "flower_worker_online"} <= flower  # the source was read

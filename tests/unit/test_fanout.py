@@ -14,10 +14,9 @@ from tasks.demo.timeline import (
 def author_with_followers():
     tag = uuid.uuid4().hex[:8]
     with engine().begin() as conn:
-        create_user(conn, f"author-{tag}")
+        author_id = create_user(conn, f"author-{tag}")
         for i in range(5):
-            create_user(conn, f"f{i}-{tag}")
-            follow(conn, f"f{i}-{tag}", f"author-{tag}")
+            follow(conn, create_user(conn, f"f{i}-{tag}"), author_id, max_follows=10)
         post = create_post(conn, f"author-{tag}", "hello #fans")
         job_id = str(uuid.uuid4())
         jobs.create_job(conn, job_id, "fanout", post["post_id"])

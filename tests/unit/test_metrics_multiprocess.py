@@ -22,11 +22,12 @@ REFUSED.labels("fanout").inc(int(sys.argv[2]))
 """
 
 SCRAPE = """
+import os
 import sys
 from fastapi.testclient import TestClient
 from api.main import app
 with TestClient(app) as client:
-    answer = client.get("/metrics")
+    answer = client.get("/metrics", headers={"Authorization": "Bearer " + os.environ["OPS_TOKEN"]})
 assert answer.status_code == 200, answer.status_code
 sys.stdout.write(answer.text)
 """

@@ -116,16 +116,80 @@ def test_make_up_embeds_what_is_unset_keeps_what_is_set_and_turns_events_on(tmp_
     from config.up import prepare_env
 
     env, extras = prepare_env({"FLOODGATE_VAR_DIR": str(tmp_path)})
-    assert env["DATABASE_URL"].startswith("postgresql+psycopg://floodgate:")
+    assert env["DATABASE_URL"].startswith("postgresql+psycopg://floodgate_app:")
     assert "@127.0.0.1:" in env["DATABASE_URL"]
-    assert env["BROKER_URL"].startswith("redis://127.0.0.1:")
+    assert env["BROKER_URL"].startswith("redis://:") and "@127.0.0.1:" in env["BROKER_URL"]
     assert extras == ["broker: $FLOODGATE_BROKER_CMD"]
     assert env["WORKER_SEND_TASK_EVENTS"] == "true"
     again, _ = prepare_env({"FLOODGATE_VAR_DIR": str(tmp_path)})  # the password is kept
     assert again["DATABASE_URL"].split("@")[0] == env["DATABASE_URL"].split("@")[0]
+    assert again["BROKER_URL"].split("@")[0] == env["BROKER_URL"].split("@")[0]
 
     mine = {"FLOODGATE_VAR_DIR": str(tmp_path), "BROKER_URL": "amqp://u:p@h//",
             "DATABASE_URL": "sqlite:///mine.db", "WORKER_SEND_TASK_EVENTS": "false"}
     env, extras = prepare_env(dict(mine))
     assert {k: env[k] for k in mine} == {**mine, "FLOODGATE_VAR_DIR": str(tmp_path.resolve())}
     assert extras == [] and "FLOODGATE_PG_PORT" not in env
+
+
+# Secrets (issue 19): SecretStr, *_FILE, minimum lengths.
+
+SECRET_URL = "amqp://fg:s3cret-pass@rabbit:5672//"
+
+
+def test_urls_are_secret_in_every_printed_form(monkeypatch):
+    s = settings_from(monkeypatch, BROKER_URL=SECRET_URL, DATABASE_URL="sqlite:///x",
+                      RESULT_BACKEND="redis://:r3dis-pass@redis:6379/0")
+    for shown in (repr(s), str(s), str(s.model_dump()), repr(s.broker_url)):
+        assert "s3cret-pass" not in shown and "r3dis-pass" not in shown
+    assert s.broker == SECRET_URL  # the plain value is there for connecting
+
+
+def test_a_bad_url_is_named_without_echoing_it(monkeypatch):
+    sentence = error_sentence(monkeypatch, BROKER_URL="pass-word-only", DATABASE_URL="sqlite:///x")
+    assert "BROKER_URL is not a URL" in sentence and "pass-word-only" not in sentence
+
+
+def test_a_secret_is_read_from_its_file_variable(monkeypatch, tmp_path):
+    (tmp_path / "broker").write_text(SECRET_URL + "\n")
+    (tmp_path / "ops").write_text("o" * 10 + "PQRSTUVWXYZabcdefghij\n")
+    monkeypatch.setenv("BROKER_URL_FILE", str(tmp_path / "broker"))
+    monkeypatch.setenv("OPS_TOKEN_FILE", str(tmp_path / "ops"))
+    monkeypatch.delenv("OPS_TOKEN", raising=False)  # the variable itself wins over its file
+    s = settings_from(monkeypatch, DATABASE_URL="sqlite:///x", RESULT_BACKEND="redis://r")
+    assert s.broker == SECRET_URL
+    assert s.ops_token.get_secret_value() == "o" * 10 + "PQRSTUVWXYZabcdefghij"
+
+
+def test_an_unreadable_secret_file_is_named(monkeypatch, tmp_path):
+    monkeypatch.setenv("DATABASE_URL_FILE", str(tmp_path / "missing"))
+    sentence = error_sentence(monkeypatch, BROKER_URL="redis://h")
+    assert "DATABASE_URL_FILE" in sentence and "cannot be read" in sentence
+
+
+def test_a_short_flower_password_is_refused(monkeypatch):
+    sentence = error_sentence(monkeypatch, BROKER_URL="redis://h", DATABASE_URL="sqlite:///x",
+                              FLOWER_BASIC_AUTH="admin:short-pw")
+    assert "FLOWER_BASIC_AUTH" in sentence and "at least 12" in sentence
+
+
+@pytest.mark.parametrize("name", ["API_KEY_SECRET", "OPS_TOKEN"])
+@pytest.mark.parametrize("value", ["changeme", "x" * 40, "abc123"])
+def test_weak_api_secrets_are_refused(monkeypatch, name, value):
+    sentence = error_sentence(monkeypatch, BROKER_URL="redis://h", DATABASE_URL="sqlite:///x",
+                              **{name: value})
+    assert name in sentence and "random characters" in sentence
+
+
+def test_the_api_refuses_to_start_without_its_secrets(monkeypatch):
+    monkeypatch.delenv("API_KEY_SECRET", raising=False)
+    monkeypatch.delenv("OPS_TOKEN", raising=False)
+    s = settings_from(monkeypatch, BROKER_URL="redis://h", DATABASE_URL="sqlite:///x")
+    with pytest.raises(ConfigError, match="API_KEY_SECRET and OPS_TOKEN are required"):
+        s.require_api_secrets()
+
+
+def test_a_malformed_rate_is_named(monkeypatch):
+    sentence = error_sentence(monkeypatch, BROKER_URL="redis://h", DATABASE_URL="sqlite:///x",
+                              RATE_LIMIT_SIGNUPS="lots")
+    assert "RATE_LIMIT_SIGNUPS" in sentence and "'20/minute'" in sentence

@@ -1,0 +1,184 @@
+"""The API key check (api/auth.py) and what it costs, counted in database queries.
+
+A made-up key is refused by its signature alone; a key seen within AUTH_CACHE_S is
+checked against the process's cache; a key revoked here is refused at once.
+"""
+import contextlib
+import os
+import secrets
+import uuid
+
+import pytest
+from cachetools import TTLCache
+from sqlalchemy import event
+
+from api import auth
+from tasks.demo import keys
+from tasks.demo.db import engine
+
+
+@contextlib.contextmanager
+def queries():
+    """The SQL statements the app's engine runs meanwhile."""
+    seen: list[str] = []
+
+    def record(conn, cursor, statement, *args):
+        seen.append(statement)
+
+    event.listen(engine(), "before_cursor_execute", record)
+    try:
+        yield seen
+    finally:
+        event.remove(engine(), "before_cursor_execute", record)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock(monkeypatch):
+    """The key cache on a clock the test moves (TTL: AUTH_CACHE_S, as the app's)."""
+    clock = Clock()
+    ttl = auth.get_settings().auth_cache_s
+    monkeypatch.setattr(auth, "_cache", TTLCache(auth.CACHE_SIZE, ttl=ttl, timer=clock))
+    return clock
+
+
+def bearer(api_key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {api_key}"}
+
+
+def signup(client) -> dict:
+    answer = client.post("/users", json={"name": f"auth-{uuid.uuid4().hex[:8]}"})
+    assert answer.status_code == 201, answer.text
+    return answer.json()
+
+
+def signing_key() -> bytes:
+    return os.environ["API_KEY_SECRET"].encode()
+
+
+def refused(answer) -> bool:
+    return answer.status_code == 401 and answer.headers["www-authenticate"] == "Bearer"
+
+
+FORGED = {
+    "not signed": b"fg_" + b"0" * 32 + b"_" + b"s" * 43,
+    "signed under another secret":
+        f"fg_{keys.sign('0123456789abcdef', b'another secret' * 3)}_secret".encode(),
+    # The server reads header bytes as latin-1: an id of the right length (32 characters),
+    # two of them not ASCII.
+    "non-ASCII id": b"fg_" + b"0" * 30 + "\u00e9".encode() + b"_secret",
+    "not a key": b"not-a-key", "empty parts": b"fg__", "no secret": b"fg_x_",
+    "too long": b"fg_" + b"a" * 300 + b"_x",
+}
+
+
+@pytest.mark.parametrize("api_key", FORGED.values(), ids=FORGED.keys())
+def test_a_forged_key_is_refused_without_a_query(client, clock, api_key):
+    with queries() as seen:
+        answer = client.post("/posts", json={"text": "forged"},
+                             headers={"Authorization": b"Bearer " + api_key})
+    assert refused(answer), (answer.status_code, answer.text)
+    assert seen == []
+
+
+def test_no_credential_is_refused_without_a_query_and_before_the_body_is_checked(client, clock):
+    with queries() as seen:
+        answers = [client.post("/posts", json={"text": "hi"}),
+                   client.post("/posts", json={"no": "text"}),  # an invalid body: 401 first
+                   client.post("/posts", json={"text": "hi"}, headers={"Authorization": "Basic x"})]
+    assert all(refused(a) for a in answers), [a.status_code for a in answers]
+    assert seen == []
+
+
+def test_a_valid_key_costs_one_query_then_none_within_the_cache_time(client, clock):
+    user = signup(client)
+    with queries() as first:
+        assert client.get("/users/me", headers=bearer(user["api_key"])).status_code == 200
+    assert len(first) == 1  # the key's row
+    clock.now += auth.get_settings().auth_cache_s * 0.9
+    with queries() as cached:
+        for _ in range(5):
+            assert client.get("/users/me", headers=bearer(user["api_key"])).status_code == 200
+    assert cached == []
+    clock.now += auth.get_settings().auth_cache_s * 0.2  # past AUTH_CACHE_S: read again
+    with queries() as expired:
+        assert client.get("/users/me", headers=bearer(user["api_key"])).status_code == 200
+    assert len(expired) == 1
+
+
+def test_a_wrong_secret_for_a_real_key_id_is_refused_and_repeating_it_costs_nothing(
+        client, clock):
+    user = signup(client)
+    wrong = f"fg_{user['key_id']}_{secrets.token_urlsafe(32)}"
+    with queries() as first:
+        assert refused(client.get("/users/me", headers=bearer(wrong)))
+    with queries() as again:
+        for _ in range(5):
+            assert refused(client.get("/users/me", headers=bearer(wrong)))
+    assert len(first) <= 1 and again == []
+    assert client.get("/users/me", headers=bearer(user["api_key"])).status_code == 200
+
+
+def test_a_signed_id_no_one_holds_is_refused_and_remembered(client, clock):
+    unknown = f"fg_{keys.sign(secrets.token_hex(8), signing_key())}_{secrets.token_urlsafe(32)}"
+    with queries() as first:
+        assert refused(client.get("/users/me", headers=bearer(unknown)))
+    with queries() as again:
+        assert refused(client.get("/users/me", headers=bearer(unknown)))
+    assert len(first) == 1 and again == []
+
+
+def test_a_revoked_key_is_refused_at_once_in_the_process_that_revoked_it(client, clock):
+    user = signup(client)
+    second = client.post("/keys", headers=bearer(user["api_key"])).json()
+    assert client.get("/users/me", headers=bearer(second["api_key"])).json()["key_id"] \
+        == second["key_id"]  # now cached as valid
+
+    revoked = client.delete(f"/keys/{second['key_id']}", headers=bearer(user["api_key"]))
+
+    assert revoked.status_code == 204
+    answer = client.get("/users/me", headers=bearer(second["api_key"]))
+    assert refused(answer) and "revoked" in answer.json()["detail"]
+    assert client.get("/users/me", headers=bearer(user["api_key"])).status_code == 200
+    listed = client.get("/keys", headers=bearer(user["api_key"])).json()["keys"]
+    assert {k["key_id"]: k["revoked_at"] is not None for k in listed} == {
+        user["key_id"]: False, second["key_id"]: True}
+
+
+def test_a_key_revoked_by_another_process_stops_working_within_the_cache_time(client, clock):
+    """Another API process revoking the key cannot clear this one's cache: the key works
+    until its entry expires (AUTH_CACHE_S, docs/app/security.md), then is refused."""
+    user = signup(client)
+    assert client.get("/users/me", headers=bearer(user["api_key"])).status_code == 200
+    with engine().begin() as conn:  # as another process's DELETE /keys/{id} would
+        assert keys.revoke_key(conn, user["id"], user["key_id"])
+    assert client.get("/users/me", headers=bearer(user["api_key"])).status_code == 200
+    clock.now += auth.get_settings().auth_cache_s + 0.1
+    assert refused(client.get("/users/me", headers=bearer(user["api_key"])))
+
+
+def test_someone_elses_key_cannot_be_revoked(client, clock):
+    owner, other = signup(client), signup(client)
+    answer = client.delete(f"/keys/{owner['key_id']}", headers=bearer(other["api_key"]))
+    assert answer.status_code == 404
+    assert client.get("/users/me", headers=bearer(owner["api_key"])).status_code == 200
+
+
+def test_the_operations_routes_take_the_ops_token_and_nothing_else(client, clock):
+    user = signup(client)
+    ops = bearer(os.environ["OPS_TOKEN"])
+    for path in ("/metrics", "/healthz/details"):
+        with queries() as seen:
+            answers = [client.get(path), client.get(path, headers=bearer(user["api_key"])),
+                       client.get(path, headers=bearer(os.environ["OPS_TOKEN"] + "x")),
+                       client.get(path, headers=bearer(os.environ["API_KEY_SECRET"]))]
+        assert all(refused(a) for a in answers), (path, [a.status_code for a in answers])
+        assert seen == [], path
+        assert client.get(path, headers=ops).status_code == 200, path

@@ -1,0 +1,48 @@
+"""A 503 says what is down in words: no driver text, host, user or password (issue 19)."""
+import pytest
+from sqlalchemy import create_engine
+
+from api.routes import posts as posts_route
+from celery_floodgate import BrokerUnavailable
+
+DRIVER_WORDS = ("psycopg", "OperationalError", "127.0.0.1", "sekrit-user", "sekrit-pass",
+                "connection", "Traceback")
+
+
+@pytest.fixture
+def user(client):
+    import uuid
+
+    made = client.post("/users", json={"name": f"leak-{uuid.uuid4().hex[:8]}"}).json()
+    return {"Authorization": f"Bearer {made['api_key']}"}
+
+
+def assert_words_only(response, what: str) -> None:
+    assert response.status_code == 503, response.text
+    assert int(response.headers["Retry-After"]) > 0
+    detail = response.json()["detail"]
+    assert what in detail
+    for word in DRIVER_WORDS:
+        assert word not in response.text, (word, response.text)
+
+
+def test_a_database_that_is_down_is_named_without_its_driver_text(client, user, monkeypatch):
+    from api import auth
+
+    dead = create_engine("postgresql+psycopg://sekrit-user:sekrit-pass@127.0.0.1:1/db",
+                         connect_args={"connect_timeout": 1})
+    for module in ("api.routes.users", "api.auth"):
+        monkeypatch.setattr(f"{module}.engine", lambda: dead)
+    auth.forget(user["Authorization"].split("_")[1])  # so the key is looked up again
+    assert_words_only(client.get("/keys", headers=user), "the database is unreachable")
+
+
+def test_a_broker_that_is_down_is_named_without_its_driver_text(client, user, monkeypatch):
+    def refuse():
+        raise BrokerUnavailable("fanout", "OperationalError: [Errno 111] Connection refused "
+                                "to amqp://sekrit-user:sekrit-pass@127.0.0.1:5672//")
+
+    monkeypatch.setattr(posts_route, "admit", refuse)
+    response = client.post("/posts", json={"text": "hi"}, headers=user)
+    assert_words_only(response, "the message broker is unreachable")
+    assert response.json()["queue"] == "fanout"
