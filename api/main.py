@@ -23,6 +23,7 @@ from tasks.demo.errors import (
     FollowLimit,
     Forbidden,
     JobNotFound,
+    KeyLimit,
     KeyNotFound,
     NameTaken,
     RateLimited,
@@ -63,7 +64,8 @@ app = FastAPI(
     summary="Background jobs with back pressure: a full queue answers 503 + Retry-After.",
 )
 app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
-for module in (users, posts, jobs, aggregates, ops):
+# Starlette tries routes in order: the hot path (POST /posts) first.
+for module in (posts, jobs, users, aggregates, ops):
     app.include_router(module.router)
 
 
@@ -144,6 +146,7 @@ async def _not_found(_: Request, exc: Exception) -> JSONResponse:
 
 
 @app.exception_handler(FollowLimit)
+@app.exception_handler(KeyLimit)
 @app.exception_handler(NameTaken)
 async def _conflict(_: Request, exc: NameTaken) -> JSONResponse:
     return _json(409, str(exc))

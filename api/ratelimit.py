@@ -67,3 +67,7 @@ def signups(client_address: str) -> None:
 
 def follows(user_id: int) -> None:
     hit("follow changes", get_settings().rate_limit_follows, str(user_id))
+
+
+def new_keys(user_id: int) -> None:
+    hit("API keys created", get_settings().rate_limit_keys, str(user_id))

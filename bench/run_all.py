@@ -4,11 +4,13 @@
     python -m bench.run_all --only f [--stack make-up,make-up-sqlite,prod] [--f-limit 60]
     python -m bench.run_all --only batch,fanout,growth [--quick]
     python -m bench.run_all --only peers [--broker redis] [--peers-n 20000] [--peers-rounds 3]
+    python -m bench.run_all --only auth [--auth-parts micro,app,e2e,expiry,f_ab,f_full] [--quick]
 
 Defaults: experiments a, b, e on both brokers; c and d on Redis (d needs Redis).
 (f), the overload experiment through HTTP on whole stacks, runs only when asked
 (``--only f``), on the stacks ``make up`` starts and the production-like one by default.
-(batch), (fanout) and (growth) (issue 10 items 3-5) also run only when asked; their
+(batch), (fanout) and (growth) (issue 10 items 3-5), and (auth) (issue 19: the cost of
+authentication per request, and (f) beside the code before it) also run only when asked; their
 summaries go to bench/results/items/ and their sections are appended to RESULTS.md
 after the generated report (bench/experiments/exp_<name>.py writes each).
 Each experiment's summary goes to bench/results/<exp>_<broker>.json and its plot
@@ -35,10 +37,10 @@ META = RESULTS / "meta.json"
 DEFAULT_BROKERS = {"a": ("redis", "amqp"), "b": ("redis", "amqp"), "c": ("redis",),
                    "d": ("redis",), "e": ("redis", "amqp"), "f": exp_f.DEFAULT_STACKS,
                    "batch": ("redis", "amqp"), "fanout": ("redis",), "growth": ("redis", "amqp"),
-                   "peers": ("redis", "amqp")}
+                   "peers": ("redis", "amqp"), "auth": ("redis",)}
 #: Experiments whose summaries live in bench/results/items/ and whose sections the
 #: experiment module writes (``section(result)``), appended after the generated report.
-ITEMS = ("batch", "fanout", "growth", "peers")
+ITEMS = ("batch", "fanout", "growth", "peers", "auth")
 ITEM_RESULTS = RESULTS / "items"
 
 
@@ -75,6 +77,16 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--peers-rounds", type=int, default=3, help="(peers) only: alternating rounds")
     p.add_argument("--peers-systems", default="",
                    help="(peers) only: comma-separated systems (default: all)")
+    p.add_argument("--auth-before", default="63dd694", metavar="COMMIT",
+                   help="(auth) only: the code before API keys, measured beside the work tree "
+                        "('' for none)")
+    p.add_argument("--auth-f-ab-rounds", type=int, default=3,
+                   help="(auth) only: rounds of (f) alternating the work tree and --auth-before "
+                        "(0: none)")
+    p.add_argument("--auth-f-ab-duration", type=float, default=20,
+                   help="(auth) only: seconds per overload phase in those rounds")
+    p.add_argument("--auth-parts", default="micro,app,e2e,expiry,f_ab,f_full",
+                   help="(auth) only: comma-separated parts to run")
     p.add_argument("--report-only", action="store_true",
                    help="rebuild RESULTS.md (and plots, from bench/out/) without running anything")
     return p.parse_args(argv)
@@ -177,9 +189,18 @@ def run_peers(broker, quick, capacity, args=None):
                              api_posts=200 if quick else 2000)
 
 
+def run_auth(broker, quick, capacity, args=None):
+    given = lambda name, default: getattr(args, name, default) if args else default
+    return _exp("auth").run(broker, quick=quick, before=given("auth_before", "63dd694") or None,
+                            f_ab_rounds=given("auth_f_ab_rounds", 3),
+                            f_ab_duration=given("auth_f_ab_duration", 20),
+                            parts=_exp("auth").parse_parts(
+                                given("auth_parts", "micro,app,e2e,expiry,f_ab,f_full")))
+
+
 RUNNERS = {"a": run_a, "b": run_b, "c": run_c, "d": run_d, "e": run_e, "f": run_f,
            "batch": run_batch, "fanout": run_fanout, "growth": run_growth,
-           "peers": run_peers}
+           "peers": run_peers, "auth": run_auth}
 
 
 def save(exp: str, broker: str, result: dict) -> None:

@@ -72,6 +72,10 @@ class Settings(BaseSettings):
         "shared by every API process through the meter's Redis)")
     rate_limit_follows: str = Field(
         default="120/minute", description="POST and DELETE /follows per user")
+    rate_limit_keys: str = Field(
+        default="10/hour", description="POST /keys per user")
+    max_keys_per_user: int = Field(default=10, ge=1, le=1000,
+                                   description="live (unrevoked) API keys one account may hold")
     max_follows_per_user: int = Field(default=5000, ge=1, le=1_000_000,
                                       description="how many accounts one account may follow")
     sse_max_per_user: int = Field(default=4, ge=1, le=1000,
@@ -203,7 +207,7 @@ class Settings(BaseSettings):
                              "'import secrets; print(secrets.token_urlsafe(32))')")
         return value
 
-    @field_validator("rate_limit_signups", "rate_limit_follows")
+    @field_validator("rate_limit_signups", "rate_limit_follows", "rate_limit_keys")
     @classmethod
     def _rate_parses(cls, value: str) -> str:
         from limits import parse

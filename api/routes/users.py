@@ -14,8 +14,8 @@ from api.schemas import FollowIn, KeyCreated, Name, Timeline, UserCreated, UserI
 from config.settings import get_settings
 from tasks.demo import keys
 from tasks.demo.db import engine
-from tasks.demo.errors import Forbidden, KeyNotFound
-from tasks.demo.timeline import create_user, follow, read_timeline, unfollow
+from tasks.demo.errors import Forbidden, KeyLimit, KeyNotFound
+from tasks.demo.timeline import create_user, follow, lock_user, read_timeline, unfollow
 
 router = APIRouter(tags=["users"])
 _401 = {401: {"description": "no API key, or not a valid one"}}
@@ -39,16 +39,24 @@ def get_me(me: CurrentUser) -> dict:
     return {"id": me.user_id, "name": me.name, "key_id": me.key_id}
 
 
-@router.post("/keys", status_code=201, response_model=KeyCreated, responses=_401)
+@router.post("/keys", status_code=201, response_model=KeyCreated,
+             responses={**_401, 409: {"description": "MAX_KEYS_PER_USER live keys already"},
+                        429: {"description": "too many keys created"}})
 def post_key(me: CurrentUser) -> dict:
     """Another key for the caller (to rotate: make one, switch, revoke the old one)."""
+    ratelimit.new_keys(me.user_id)
+    cap = get_settings().max_keys_per_user
     with engine().begin() as conn:
+        lock_user(conn, me.user_id)  # two requests at once cannot both take the last place
+        if keys.live_keys(conn, me.user_id) >= cap:
+            raise KeyLimit(cap)
         key_id, api_key = keys.create_key(conn, me.user_id, signing_key())
     return {"key_id": key_id, "api_key": api_key}
 
 
 @router.get("/keys", responses=_401)
 def get_keys(me: CurrentUser) -> dict:
+    """Your newest 100 keys (ids and dates; never the keys themselves), newest first."""
     with engine().connect() as conn:
         return {"keys": keys.list_keys(conn, me.user_id)}
 

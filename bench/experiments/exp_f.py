@@ -5,7 +5,8 @@ POST /posts -> database -> broker -> worker -> database -> GET /jobs, on the sta
 and on a production-like stack (RabbitMQ + PostgreSQL + Redis result backend). Each
 post's author has 200 followers; one post per request.
 
-Per stack: wait for /healthz, create authors, followers and follows over HTTP;
+Per stack: wait for /healthz, create authors, followers and follows over HTTP (each
+account with its own API key, sent as ``Authorization: Bearer``, by code that has keys);
 measure the worker's drain rate alone (bursts under the limit, median of 3); offer
 3x and 10x that rate open loop (``bench/http_load.py`` in a process of its own)
 while sampling the queue depth at 10 Hz; poll GET /jobs for every accepted job
@@ -22,7 +23,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -31,8 +31,10 @@ import threading
 import time
 from pathlib import Path
 
+from bench.harness import api_server
 from bench.harness.env import OUT, ROOT, rabbitmqctl
-from bench.harness.http_load import fetch_many, get, post
+from bench.harness.http_load import bearer, fetch_many, get
+from bench.harness.procs import cmdline, cpu_s, descendants, free_port
 from bench.harness.stats import percentile, rnd
 
 PY = str(ROOT / ".venv" / "bin" / "python") if (ROOT / ".venv").exists() else sys.executable
@@ -49,7 +51,7 @@ PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/test"
 _DROP = ("BROKER_URL", "RESULT_BACKEND", "DATABASE_URL", "METER_URL", "QUEUE_LIMITS",
          "FLOWER_BASIC_AUTH", "API_PORT", "FLOWER_PORT", "FLOODGATE_VAR_DIR",
          "FLOODGATE_BROKER_CMD", "FLOODGATE_GENERATED_PASSWORD", "BENCH_BROKER",
-         "BENCH_REDIS_URL")
+         "BENCH_REDIS_URL", *api_server.SECRET_VARS)
 #: A request not answered this long after its due time is a timeout (a failure), so an
 #: API that cannot keep up even to refuse does not stretch a phase without bound.
 REQUEST_TIMEOUT_S = 10.0
@@ -58,12 +60,6 @@ TARGETS = {"completion_ratio": 0.9, "wait_factor": 1.1, "p99_503_s": 0.010, "p99
 
 def log(msg: str) -> None:
     print(f"[f] {time.strftime('%H:%M:%S')} {msg}", flush=True)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def git_commit() -> str:
@@ -85,36 +81,6 @@ def resolve(ref: str) -> str:
 
 # --------------------------------------------------------------------------- processes
 
-def descendants(pid: int) -> list[int]:
-    """PIDs below ``pid`` (honcho starts each part in a session of its own)."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                ppid = int(open(f"/proc/{entry}/stat").read().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(entry))
-    out, todo = [], [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            out.append(child)
-            todo.append(child)
-    return out
-
-
-def cmdline(pid: int) -> str:
-    try:
-        return open(f"/proc/{pid}/cmdline", "rb").read().replace(b"\0", b" ").decode()
-    except OSError:
-        return ""
-
-
-def cpu_s(pid: int) -> float:
-    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def machine_busy() -> tuple[float, float]:
     """(busy, total) jiffies of the whole machine, from /proc/stat."""
     f = [int(x) for x in open("/proc/stat").readline().split()[1:]]
@@ -122,7 +88,7 @@ def machine_busy() -> tuple[float, float]:
     return sum(f) - idle, sum(f)
 
 
-PARTS = (("api", "api.main:app"), ("worker", "-Q fanout,default"),
+PARTS = (("api", "api.main:app"), ("api", "api.serve"), ("worker", "-Q fanout,default"),
          ("worker-aggregation", "-Q aggregation"), ("beat", " beat"), ("flower", "flower"),
          ("honcho", "honcho"), ("broker", "valkey"), ("postgres", "postgres"))
 
@@ -164,16 +130,11 @@ class Stack:
     def __init__(self, kind: str, limit: int, code_ref: str | None = None) -> None:
         self.kind, self.limit = kind, limit
         self.tmp = Path(tempfile.mkdtemp(prefix=f"floodgate_f_{kind}_"))
-        code = ROOT
-        if code_ref:  # an earlier commit's code, exported read-only (the work tree is shared)
-            code = self.tmp / "code"
-            code.mkdir()
-            archive = subprocess.run(["git", "archive", code_ref], cwd=ROOT, check=True,
-                                     capture_output=True).stdout
-            subprocess.run(["tar", "-x", "-C", str(code)], input=archive, check=True)
+        code = api_server.export(code_ref, self.tmp / "code") if code_ref else ROOT
         self.code = code
         self.port = free_port()
-        env = {k: v for k, v in os.environ.items() if k not in _DROP}
+        env = api_server.api_env({k: v for k, v in os.environ.items() if k not in _DROP})
+        self.auth = api_server.has_auth(code)
         env.update(QUEUE_LIMITS=f"{QUEUE}={limit}", API_PORT=str(self.port),
                    FLOWER_PORT=str(free_port()), FLOODGATE_VAR_DIR=str(self.tmp / "var"),
                    PYTHONPATH=str(code), PATH=f"{Path(PY).parent}:{env.get('PATH', '')}")
@@ -186,6 +147,15 @@ class Stack:
                        DATABASE_URL=f"postgresql+psycopg://postgres@127.0.0.1:5432/{PROD_DB}")
         up_src = (code / "config" / "up.py").read_text()
         self.var_dir_supported = "FLOODGATE_VAR_DIR" in up_src
+        # Where config.up migrates the database itself, the stack is left as make up
+        # starts it. Otherwise the bench migrates: a given database before the start,
+        # make-up's embedded PostgreSQL once config.up has started it (wait_healthy).
+        up_migrates = "config.migrate" in up_src
+        self.schema = "by config.up" if up_migrates else None
+        self.migrate_embedded = (kind == "make-up" and api_server.has_migrations(code)
+                                 and not up_migrates)
+        if kind != "make-up" and not up_migrates:
+            self.schema = api_server.migrate(env["DATABASE_URL"], env, code)
         # Run from a temp dir holding a copy of the Procfile (imports via PYTHONPATH): any
         # path the stack still resolves against its working directory (./var, beat's
         # schedule file) lands there, never in the shared work tree.
@@ -212,6 +182,9 @@ class Stack:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"config.up exited (rc {self.proc.returncode}); "
                                    f"see {self.log_path}")
+            if self.migrate_embedded and "PostgreSQL ready" in self.log_path.read_text(
+                    errors="replace"):
+                self._migrate_embedded()
             try:
                 (status, _), = fetch_many("127.0.0.1", self.port, [get("/healthz")], 1)
             except OSError:
@@ -223,12 +196,31 @@ class Stack:
             time.sleep(0.5)
         raise TimeoutError(f"/healthz not 200 within {timeout_s} s; see {self.log_path}")
 
+    def _migrate_embedded(self) -> None:
+        """Migrate config.up's embedded PostgreSQL (user and database ``floodgate``, its
+        password in the var dir, its port in the banner)."""
+        self.migrate_embedded = False
+        port = re.search(r"^\s+database\s+\S+@127\.0\.0\.1:(\d+)/",
+                         self.log_path.read_text(errors="replace"), re.MULTILINE).group(1)
+        password = (self.tmp / "var" / "pg.password").read_text().strip()
+        url = f"postgresql+psycopg://floodgate:{password}@127.0.0.1:{port}/floodgate"
+        self.schema = api_server.migrate(url, self.env, self.code) + " (run by the bench)"
+
     def _read_banner(self) -> None:
         text = self.log_path.read_text(errors="replace")
         for key in ("broker", "results", "database"):
             m = re.search(rf"^\s+{key}\s+(\S+)", text, re.M)
             if m:
                 self.banner[key] = m.group(1)
+        # The banner masks URLs; the queue's depth is read from the embedded Valkey,
+        # whose password config.up keeps in the stack's own var dir.
+        valkey_password = self.tmp / "var" / "valkey.password"
+        if "***" in self.banner.get("broker", "") and valkey_password.exists():
+            self.banner["broker"] = self.banner["broker"].replace(
+                "***", valkey_password.read_text().strip(), 1)
+        m = re.search(r"^Migrations: (.*)$", text, re.M)
+        if m and self.schema == "by config.up":
+            self.schema = f"by config.up: {m.group(1)}"
         if "database" not in self.banner and "DATABASE_URL" in self.env:
             self.banner["database"] = self.env["DATABASE_URL"]
 
@@ -238,8 +230,8 @@ class Stack:
         return [p for p in pids if needle in cmdline(p)]
 
     def api_pid(self) -> int:
-        pids = [p for p in self.pids_matching("api.main:app") if "uvicorn" in cmdline(p)
-                and not cmdline(p).startswith("/bin/sh")]
+        pids = [p for p in descendants(self.proc.pid) if api_server.is_api(cmdline(p))]
+        self.known.update(pids)
         return pids[-1]
 
     def fanout_worker_pids(self) -> list[int]:
@@ -367,24 +359,23 @@ class DepthSampler(threading.Thread):
 
 # --------------------------------------------------------------------------- HTTP helpers
 
-def setup_users(port: int, run_tag: str) -> list[str]:
+def setup_users(port: int, run_tag: str) -> dict[str, str | None]:
+    """Authors and their followers over HTTP; author -> API key (None before keys)."""
     authors = [f"f{run_tag}_author{i}" for i in range(AUTHORS)]
     followers = [f"f{run_tag}_fan{i}" for i in range(FOLLOWERS)]
-    made = fetch_many("127.0.0.1", port, [post("/users", {"name": n})
-                                           for n in authors + followers], 16)
-    bad = [s for s, _ in made if s not in (201, 409)]
-    if bad:
-        raise RuntimeError(f"POST /users answered {sorted(set(bad))}")
-    reqs = [post("/follows", {"follower": f, "followee": a}) for a in authors for f in followers]
-    done = fetch_many("127.0.0.1", port, reqs, 16)
-    bad = [s for s, _ in done if s != 201]
-    if bad:
-        raise RuntimeError(f"POST /follows answered {sorted(set(bad))} ({len(bad)} times)")
-    return authors
+    keys = api_server.sign_up(port, authors + followers)
+    api_server.follow_all(port, {f: keys[f] for f in followers}, authors)
+    return {a: keys[a] for a in authors}
 
 
-def post_requests(authors: list[str]) -> list[str]:
-    return [post("/posts", {"author": a, "text": f"overload #f from {a}"}) for a in authors]
+def post_requests(authors: dict[str, str | None]) -> list[str]:
+    """One POST /posts per author, each as that author; request i is reqs[i % len(reqs)]."""
+    return [api_server.post_request(a, key, f"overload #f from {a}") for a, key in authors.items()]
+
+
+def accepted_jobs(rec: dict, req_keys: list[str | None]) -> dict[str, str | None]:
+    """Each accepted job's id -> the key of the author who posted it (its status is theirs)."""
+    return {j: req_keys[i % len(req_keys)] for i, j in enumerate(rec["job"]) if j}
 
 
 def run_loadgen(spec: dict, port: int, timeout_s: float) -> dict:
@@ -406,17 +397,20 @@ class JobTimes:
     """Per job: submitted, started, finished (epoch s) and state, from GET /jobs/{id};
     falls back to the jobs table plus the worker's log when the API lacks the times."""
 
-    def __init__(self, stack: Stack) -> None:
-        self.stack = stack
+    def __init__(self, stack: Stack, req_keys: list[str | None]) -> None:
+        self.stack, self.req_keys = stack, req_keys
         self.source = None
 
-    def poll(self, job_ids: list[str], timeout_s: float) -> dict[str, dict]:
+    def poll(self, rec: dict, timeout_s: float) -> dict[str, dict]:
+        """The jobs ``rec`` (a load generator's records) saw accepted, each asked for
+        with its author's key."""
         out: dict[str, dict] = {}
-        pending = list(dict.fromkeys(j for j in job_ids if j))
+        owner = accepted_jobs(rec, self.req_keys)
+        pending = list(owner)
         deadline = time.time() + timeout_s
         while pending:
             answers = fetch_many("127.0.0.1", self.stack.port,
-                                 [get(f"/jobs/{j}") for j in pending], 8)
+                                 [get(f"/jobs/{j}", headers=bearer(owner[j])) for j in pending], 8)
             still = []
             for jid, (status, body) in zip(pending, answers):
                 doc = json.loads(body) if status == 200 else {"state": f"http {status}"}
@@ -494,7 +488,7 @@ def calibrate(stack: Stack, reqs: list[str], jobs: JobTimes, reps: int = 3) -> d
             signal_all(worker, signal.SIGCONT)
         rec = out["records"]
         ids = [j for j in rec["job"] if j]
-        times = jobs.poll(ids, timeout_s=60)
+        times = jobs.poll(rec, timeout_s=60)
         cpu = meter.stop()
         parts = sum(cpu["parts_cpu_share_of_one_core"].values())
         starts = [d["started_at"] for d in times.values() if d.get("started_at")]
@@ -550,8 +544,7 @@ def overload(stack: Stack, reqs: list[str], jobs: JobTimes, factor: float, drain
     time.sleep(grace)
     samples = sampler.stop()
     rec = load["records"]
-    ids = [j for j in rec["job"] if j]
-    times = jobs.poll(ids, timeout_s=max(30.0, 3 * stack.limit / drain))
+    times = jobs.poll(rec, timeout_s=max(30.0, 3 * stack.limit / drain))
     settle(stack.banner["broker"], 60)
     out = summarise(load, samples, times, jobs.source, factor, rate, drain, stack.limit,
                     duration_s, api_cpu, api_wall)
@@ -733,9 +726,12 @@ def run(stack_kind: str, limit: int = 60, duration_s: float = 60, factors=(3, 10
         t = time.time()
         authors = setup_users(stack.port, f"{os.getpid() % 10000}")
         out["setup_s"] = rnd(time.time() - t, 1)
-        log(f"setup: {AUTHORS} authors x {FOLLOWERS} followers in {out['setup_s']} s")
+        out["auth"] = "API key per author (Authorization: Bearer)" if stack.auth else "none"
+        out["schema"] = stack.schema
+        log(f"setup: {AUTHORS} authors x {FOLLOWERS} followers in {out['setup_s']} s "
+            f"(authentication: {out['auth']})")
         reqs = post_requests(authors)
-        jobs = JobTimes(stack)
+        jobs = JobTimes(stack, list(authors.values()))
         out["calibration"] = calibrate(stack, reqs, jobs)
         drain = out["calibration"]["drain_rate_per_s"]
         out["drain_rate_per_s"] = drain

@@ -37,7 +37,6 @@ import argparse
 import functools
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -47,6 +46,7 @@ import redis
 
 from bench.harness import env as _env_mod  # light: RQ's work horse imports this module per job
 from bench.harness.env import OUT, RESULTS, ROOT, phase_env
+from bench.harness.procs import stop_group
 
 # Smoke runs while another bench run holds db 10's lock: PEERS_REDIS_URL (a Redis db of
 # your own) and PEERS_VHOST (a vhost of your own) move every part of this experiment
@@ -216,14 +216,7 @@ class PeerWorker:
                 "children": len(children)}
 
     def stop(self) -> None:
-        try:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            self.proc.wait(30)
-        except ProcessLookupError:
-            pass
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(5)
+        stop_group(self.proc, 30)
         self.log.close()
 
 
@@ -364,15 +357,19 @@ def _one_round(broker: str, system: str, n: int, timeout_s: float) -> dict:
 
 
 def api_peak_rss(broker: str, posts: int = API_POSTS) -> dict:
-    """Floodgate's API (uvicorn api.main:app): VmHWM after ``posts`` POST /posts."""
+    """Floodgate's API (``python -m api.serve``, or uvicorn before it): VmHWM after
+    ``posts`` POST /posts, each from one of 50 accounts with its own API key."""
     import httpx
 
+    from bench.harness import api_server
+    from bench.harness.http_load import bearer
+
     reset(broker)
-    env = phase_env(broker, "fanout=1000000")
+    env = api_server.api_env(phase_env(broker, "fanout=1000000"))
+    api_server.migrate(env["DATABASE_URL"], env)
     port = 18000 + os.getpid() % 1000
     log = open(OUT / f"peers-api-{broker}.log", "ab")
-    proc = subprocess.Popen([str(BIN / "uvicorn"), "api.main:app", "--host", "127.0.0.1",
-                             "--port", str(port)], cwd=ROOT, env=env, stdout=log,
+    proc = subprocess.Popen(api_server.api_command(port), cwd=ROOT, env=env, stdout=log,
                             stderr=subprocess.STDOUT, start_new_session=True)
     try:
         url = f"http://127.0.0.1:{port}"
@@ -386,20 +383,25 @@ def api_peak_rss(broker: str, posts: int = API_POSTS) -> dict:
                     if time.monotonic() > deadline or proc.poll() is not None:
                         return {"error": f"the API did not start; see {log.name}"}
                     time.sleep(0.3)
-            for i in range(50):
-                client.post("/users", json={"name": f"peer{i}"})
+            # Names unique to this run: the bench database outlives it.
+            names = [f"peer{os.getpid()}_{time.time_ns() % 10**9}_{i}" for i in range(50)]
+            keys = {}
+            for name in names:
+                made = client.post("/users", json={"name": name})
+                made.raise_for_status()
+                keys[name] = made.json().get("api_key")
             codes: dict[int, int] = {}
             for i in range(posts):
-                code = client.post("/posts", json={"author": f"peer{i % 50}",
-                                                   "text": "peers"}).status_code
+                name = names[i % 50]
+                body = {"text": "peers"} if keys[name] else {"author": name, "text": "peers"}
+                code = client.post("/posts", json=body, headers=bearer(keys[name])).status_code
                 codes[code] = codes.get(code, 0) + 1
-        return {"peak_rss_kb": _vmhwm(proc.pid), "posts": posts, "status_codes": codes}
+        argv = api_server.api_command(port)
+        command = " ".join([Path(argv[0]).name, *argv[1:argv.index("--host")]])
+        return {"peak_rss_kb": _vmhwm(proc.pid), "posts": posts, "status_codes": codes,
+                "command": command}
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+        stop_group(proc)
         log.close()
         reset(broker)
 
@@ -478,7 +480,7 @@ def section(r: dict) -> str:
                   "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in cpu_rows]
     api = r.get("api") or {}
-    api_txt = (f"Floodgate's API process (uvicorn api.main:app): peak RSS {api['peak_rss_mb']} MB "
+    api_txt = (f"Floodgate's API process ({api.get('command', 'uvicorn api.main:app')}): peak RSS {api['peak_rss_mb']} MB "
                f"after {api['posts']} POST /posts (status codes {api['status_codes']})."
                if api.get("peak_rss_mb") else f"API: {api.get('error', 'not measured')}.")
     quick = (" **Smoke run (small N, one round): it shows the harness works, not a result.**"

@@ -30,14 +30,24 @@ import time
 JOB_KEY = b'"job_id":"'
 
 
-def post(path: str, body: dict, host: str = "127.0.0.1") -> str:
+def post(path: str, body: dict, host: str = "127.0.0.1", headers: dict | None = None) -> str:
     data = json.dumps(body, separators=(",", ":"))
-    return (f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+    return (f"POST {path} HTTP/1.1\r\nHost: {host}\r\n{_lines(headers)}"
+            f"Content-Type: application/json\r\n"
             f"Content-Length: {len(data.encode())}\r\n\r\n{data}")
 
 
-def get(path: str, host: str = "127.0.0.1") -> str:
-    return f"GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n"
+def get(path: str, host: str = "127.0.0.1", headers: dict | None = None) -> str:
+    return f"GET {path} HTTP/1.1\r\nHost: {host}\r\n{_lines(headers)}\r\n"
+
+
+def bearer(api_key: str | None) -> dict:
+    """The header that authenticates a request (none for code before API keys)."""
+    return {"Authorization": f"Bearer {api_key}"} if api_key else {}
+
+
+def _lines(headers: dict | None) -> str:
+    return "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
 
 
 class Conn:

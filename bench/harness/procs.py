@@ -1,9 +1,11 @@
-"""Subprocesses the benchmarks start: Celery workers and phase drivers, stopped by their PID."""
+"""Subprocesses the benchmarks start: Celery workers and phase drivers, stopped by their PID;
+and what /proc says about a process and those below it (CPU seconds, command line)."""
 from __future__ import annotations
 
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -47,12 +49,7 @@ class Worker:
             pass
 
     def stop(self, timeout_s: float = 20) -> None:
-        self.signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            self.signal(signal.SIGKILL)
-            self.proc.wait(5)
+        stop_group(self.proc, timeout_s)
         self.log.close()
 
     def __enter__(self) -> "Worker":
@@ -77,3 +74,67 @@ def run_phase(name: str, broker: str, queue_limits: str, params: dict | None = N
     result = json.loads(out.read_text())
     out.unlink()
     return result
+
+
+def stop_group(proc: subprocess.Popen, timeout_s: float = 20) -> None:
+    """SIGTERM the process group ``proc`` leads (started with ``start_new_session``), and
+    SIGKILL it if it has not exited within ``timeout_s``."""
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout_s)
+    except ProcessLookupError:
+        pass
+    except subprocess.TimeoutExpired:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait(5)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def descendants(pid: int) -> list[int]:
+    """PIDs below ``pid`` (honcho starts each part in a session of its own)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                ppid = int(open(f"/proc/{entry}/stat").read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry))
+    out, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+def cmdline(pid: int) -> str:
+    try:
+        return open(f"/proc/{pid}/cmdline", "rb").read().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds of one process (raises OSError once it is gone)."""
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def tree_cpu_s(pid: int) -> float:
+    """CPU seconds of ``pid`` and of every process below it still alive (``--workers``)."""
+    total = 0.0
+    for each in [pid, *descendants(pid)]:
+        try:
+            total += cpu_s(each)
+        except OSError:
+            pass
+    return total

@@ -289,7 +289,11 @@ process group, leftovers (by PID, ours only) SIGKILLed.
 
 * **Setup** over HTTP: 8 authors and 200 follower users, each follower following every
   author (`POST /users`, `POST /follows`, 16 connections). Every post goes to one author
-  (round robin), so each job delivers to 200 timelines (one chunk).
+  (round robin), so each job delivers to 200 timelines (one chunk). Code with API keys
+  (issue 19 on): every account keeps the key `POST /users` returned and sends it
+  (`Authorization: Bearer`) on every request, follows, posts and GET /jobs alike, each
+  job's status asked for by its author; the stack gets random `API_KEY_SECRET` and
+  `OPS_TOKEN` and sign-up and follow rate limits the setup does not reach.
 * **Drain rate alone**: with the fanout worker stopped (SIGSTOP), a burst of `limit`
   posts (4 connections, back to back) fills the queue; the worker resumes (SIGCONT) and
   drains it with nothing else running; GET /jobs until all are final; rate = jobs / (last
@@ -312,7 +316,7 @@ process group, leftovers (by PID, ours only) SIGKILLed.
   share are recorded for each phase in the JSON (`cpu_during_offer`).
 * **Item 4, refusals per API process**: the fanout worker is stopped (SIGSTOP to its
   processes), the queue filled past its limit, then 16 keep-alive connections send
-  POST /posts back to back for 10 s; refusals/s, and the uvicorn process's CPU
+  POST /posts back to back for 10 s; refusals/s, and the API process's CPU
   (utime + stime) per refusal. The worker gets SIGCONT afterwards.
 * Targets: completion under overload / drain alone >= 0.9; p99 wait <= 1.1 x limit / drain
   rate (alone); p99 latency of a 503 <= 10 ms and of a 202 <= 25 ms; depth never above the

@@ -11,6 +11,7 @@
           ├── Forbidden            a valid credential, someone else's resource (403)
           ├── RateLimited          too many requests of one kind (429)
           ├── FollowLimit          MAX_FOLLOWS_PER_USER reached (409)
+          ├── KeyLimit             MAX_KEYS_PER_USER reached (409)
           └── DependencyDown       the database or Redis is unreachable (503, in words)
 """
 from __future__ import annotations
@@ -117,6 +118,16 @@ class FollowLimit(FloodgateError):
         self.limit = limit
         self.message = (f"you already follow {limit} accounts, the most one account may "
                         "(MAX_FOLLOWS_PER_USER); unfollow one first with DELETE /follows/{name}")
+        super().__init__(limit)
+
+
+class KeyLimit(FloodgateError):
+    """An account already holds as many live API keys as one may: HTTP 409."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.message = (f"you already hold {limit} live API keys, the most one account may "
+                        "(MAX_KEYS_PER_USER); revoke one first with DELETE /keys/{key_id}")
         super().__init__(limit)
 
 

@@ -14,7 +14,7 @@ import secrets
 import time
 from typing import NamedTuple
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 
 from tasks.demo.models import api_keys, users
 
@@ -87,9 +87,16 @@ def revoke_key(conn, user_id: int, key_id: str) -> bool:
     return result.rowcount == 1
 
 
-def list_keys(conn, user_id: int) -> list[dict]:
+def live_keys(conn, user_id: int) -> int:
+    return conn.execute(select(func.count()).where(
+        api_keys.c.user_id == user_id, api_keys.c.revoked_at.is_(None))).scalar_one()
+
+
+def list_keys(conn, user_id: int, limit: int = 100) -> list[dict]:
+    """The user's newest keys, live and revoked, newest first."""
     rows = conn.execute(
         select(api_keys.c.id, api_keys.c.created_at, api_keys.c.revoked_at)
-        .where(api_keys.c.user_id == user_id).order_by(api_keys.c.created_at)
+        .where(api_keys.c.user_id == user_id)
+        .order_by(api_keys.c.created_at.desc()).limit(limit)
     )
     return [{"key_id": r.id, "created_at": r.created_at, "revoked_at": r.revoked_at} for r in rows]

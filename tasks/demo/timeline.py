@@ -39,13 +39,18 @@ def follow(conn, follower_id: int, followee_id: int, max_follows: int) -> bool:
     The follower's row is locked first (PostgreSQL; SQLite serialises writers anyway),
     so two requests at once cannot both take the last place.
     """
-    conn.execute(select(users.c.id).where(users.c.id == follower_id).with_for_update())
+    lock_user(conn, follower_id)
     row = {"follower_id": follower_id, "followee_id": followee_id}
     if conn.execute(insert_ignore(conn, follows).values(row)).rowcount == 0:
         return False
     if following_count(conn, follower_id) > max_follows:
         raise FollowLimit(max_follows)  # the caller's transaction rolls the insert back
     return True
+
+
+def lock_user(conn, uid: int) -> None:
+    """Serialise one user's capped writes (follows, keys) until the transaction ends."""
+    conn.execute(select(users.c.id).where(users.c.id == uid).with_for_update())
 
 
 def unfollow(conn, follower_id: int, followee_id: int) -> bool:

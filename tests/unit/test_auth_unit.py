@@ -99,18 +99,43 @@ def test_no_credential_is_refused_without_a_query_and_before_the_body_is_checked
 
 def test_a_valid_key_costs_one_query_then_none_within_the_cache_time(client, clock):
     user = signup(client)
+    ttl = auth.get_settings().auth_cache_s
     with queries() as first:
         assert client.get("/users/me", headers=bearer(user["api_key"])).status_code == 200
     assert len(first) == 1  # the key's row
-    clock.now += auth.get_settings().auth_cache_s * 0.9
+    clock.now += ttl * auth.REFRESH_AFTER * 0.9
     with queries() as cached:
         for _ in range(5):
             assert client.get("/users/me", headers=bearer(user["api_key"])).status_code == 200
     assert cached == []
-    clock.now += auth.get_settings().auth_cache_s * 0.2  # past AUTH_CACHE_S: read again
+    clock.now += ttl * auth.REFRESH_AFTER * 0.2  # in use and aging: read again once, ahead
+    with queries() as ahead:
+        for _ in range(5):
+            assert client.get("/users/me", headers=bearer(user["api_key"])).status_code == 200
+    assert len(ahead) == 1
+    clock.now += ttl * 1.1  # unused past AUTH_CACHE_S: read again before answering
     with queries() as expired:
         assert client.get("/users/me", headers=bearer(user["api_key"])).status_code == 200
     assert len(expired) == 1
+
+
+def test_requests_waiting_for_the_same_key_share_one_lookup(clock):
+    import asyncio
+
+    from starlette.requests import Request
+
+    user_id_key = keys.sign(secrets.token_hex(8), signing_key())  # signed, held by no one
+    request = Request({"type": "http", "headers": [
+        (b"authorization", f"Bearer fg_{user_id_key}_{'s' * 43}".encode())]})
+
+    async def twenty_at_once():
+        return await asyncio.gather(*(auth.user_key(request) for _ in range(20)),
+                                    return_exceptions=True)
+
+    with queries() as seen:
+        answers = asyncio.run(twenty_at_once())
+    assert all(isinstance(a, auth.Unauthenticated) for a in answers), answers
+    assert len(seen) == 1
 
 
 def test_a_wrong_secret_for_a_real_key_id_is_refused_and_repeating_it_costs_nothing(
@@ -182,3 +207,39 @@ def test_the_operations_routes_take_the_ops_token_and_nothing_else(client, clock
         assert all(refused(a) for a in answers), (path, [a.status_code for a in answers])
         assert seen == [], path
         assert client.get(path, headers=ops).status_code == 200, path
+
+
+def _with_settings(monkeypatch, module, **changes):
+    from config.settings import get_settings
+
+    changed = get_settings().model_copy(update=changes)
+    monkeypatch.setattr(module, "get_settings", lambda: changed)
+
+
+def test_an_account_holds_at_most_max_keys_per_user_live_keys(client, clock, monkeypatch):
+    from api.routes import users as users_route
+
+    _with_settings(monkeypatch, users_route, max_keys_per_user=3)
+    user = signup(client)  # its first key
+    made = [client.post("/keys", headers=bearer(user["api_key"])) for _ in range(2)]
+    assert [m.status_code for m in made] == [201, 201]
+    with engine().connect() as conn:
+        before = len(keys.list_keys(conn, user["id"]))
+    over = client.post("/keys", headers=bearer(user["api_key"]))
+    assert over.status_code == 409 and "MAX_KEYS_PER_USER" in over.json()["detail"]
+    with engine().connect() as conn:
+        assert len(keys.list_keys(conn, user["id"])) == before == 3
+    assert client.delete(f"/keys/{made[0].json()['key_id']}",
+                         headers=bearer(user["api_key"])).status_code == 204
+    assert client.post("/keys", headers=bearer(user["api_key"])).status_code == 201
+
+
+def test_creating_keys_is_rate_limited_per_user(client, clock, monkeypatch):
+    from api import ratelimit
+
+    _with_settings(monkeypatch, ratelimit, rate_limit_keys="2/hour")
+    user, other = signup(client), signup(client)
+    answers = [client.post("/keys", headers=bearer(user["api_key"])) for _ in range(3)]
+    assert [a.status_code for a in answers] == [201, 201, 429]
+    assert 0 < int(answers[2].headers["Retry-After"]) <= 3600
+    assert client.post("/keys", headers=bearer(other["api_key"])).status_code == 201
