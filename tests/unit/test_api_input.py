@@ -132,3 +132,11 @@ def test_openapi_docs_are_served_and_name_the_bearer_scheme(client):
     spec = client.get("/openapi.json").json()
     assert "/posts" in spec["paths"]
     assert any(s.get("scheme") == "bearer" for s in spec["components"]["securitySchemes"].values())
+
+
+def test_a_post_body_that_is_not_json_by_its_content_type_is_422(client, alice):
+    before = count(posts)
+    response = client.post("/posts", content=b'{"text": "hi"}', headers={
+        **alice[1], "content-type": "text/plain"})
+    assert response.status_code == 422 and "Content-Type: application/json" in response.text
+    assert count(posts) == before
