@@ -69,22 +69,30 @@ def _entries() -> TTLCache:
     return _cache
 
 
-def _remember(key_id: str, found: keys.StoredKey | None) -> None:
+#: What :func:`forget` leaves: refused as revoked, whatever secret comes with it.
+_REVOKED_HERE = keys.StoredKey(0, "", "", True)
+
+
+def _remember(key_id: str, found: keys.StoredKey | None, as_of: float) -> None:
     with _lock:
         cache = _entries()
-        cache[key_id] = (found, cache.timer())
+        entry = cache.get(key_id)
+        if entry is None or entry[1] <= as_of:  # a read begun before a revoke here loses
+            cache[key_id] = (found, as_of)
 
 
 def forget(key_id: str) -> None:
-    """Drop a key from this process's cache (after revoking it here)."""
+    """Refuse a key in this process at once (after revoking it here)."""
     with _lock:
-        _entries().pop(key_id, None)
+        cache = _entries()
+        cache[key_id] = (_REVOKED_HERE, cache.timer())
 
 
 def _lookup(key_id: str) -> keys.StoredKey | None:
+    started = _entries().timer()
     with engine().connect() as conn:
         found = keys.find_key(conn, key_id)
-    _remember(key_id, found)
+    _remember(key_id, found, started)
     return found
 
 
@@ -132,6 +140,8 @@ class KeyBearer(HTTPBearer):
             raise Unauthenticated("this request needs an API key")
         parts = keys.split(api_key) if len(api_key) <= API_KEY_MAX else None
         found = await _stored(parts[0]) if parts else False
+        if found is _REVOKED_HERE:
+            raise Unauthenticated("the API key was revoked")
         if not found or not hmac.compare_digest(found.secret_sha256, keys.digest(parts[1])):
             raise Unauthenticated("the API key is not one this service issued")
         if found.revoked:

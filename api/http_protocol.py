@@ -8,9 +8,12 @@ does not apply to httptools). A connection that never sends a byte is kept too: 
 arms its keep-alive timer only after a response.
 
 Here a request must arrive whole, head and body, within ``read_timeout_s`` of its
-first byte; its head may take ``max_head_bytes``. Otherwise the answer is 408 (or
-431) if nothing has been sent for it yet, and the connection is closed either way. A
-connection that sends nothing is closed after uvicorn's keep-alive timeout.
+first byte; its head may take ``max_head_bytes``; one peer address may hold
+``max_per_client`` connections at once (past that, 429 and closed), so one client
+cannot fill ``--limit-concurrency`` with idle or trickling connections. Past the
+deadline or the head's size the answer is 408 (or 431) if nothing has been sent for
+that request yet, and the connection is closed either way. A connection that sends
+nothing is closed after uvicorn's keep-alive timeout.
 
 Hooked: ``connection_made``, ``data_received``, ``on_message_begin``,
 ``on_headers_complete``, ``on_message_complete``, ``connection_lost``, and the cycle's
@@ -20,18 +23,25 @@ tests/unit/test_http_protocol.py fails if an upgrade of uvicorn renames one.
 from __future__ import annotations
 
 import asyncio
+import collections
 import http
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 
+#: Open connections per peer address in this process.
+_open_by_peer: collections.Counter = collections.Counter()
+
+
 class DeadlineHttpToolsProtocol(HttpToolsProtocol):
     """:class:`HttpToolsProtocol` that closes slow-header and slow-body connections."""
 
     def __init__(self, *args: Any, read_timeout_s: float = 10.0,
-                 max_head_bytes: int = 16_384, **kwargs: Any) -> None:
+                 max_head_bytes: int = 16_384, max_per_client: int = 0, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.max_per_client = max_per_client  # 0: no cap (behind a proxy, one peer for all)
+        self._peer: str | None = None
         self.read_timeout_s = read_timeout_s
         self.max_head_bytes = max_head_bytes
         # One timer per connection, not per request: when it fires it checks the current
@@ -43,11 +53,25 @@ class DeadlineHttpToolsProtocol(HttpToolsProtocol):
         self._head_bytes = 0
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        peer = transport.get_extra_info("peername")
+        self._peer = peer[0] if peer else None
+        _open_by_peer[self._peer] += 1
         super().connection_made(transport)
+        if self.max_per_client and self._peer is not None \
+                and _open_by_peer[self._peer] > self.max_per_client:
+            transport.write(_close_response(429, f"this address has {self.max_per_client} "
+                                                 "connections open already"))
+            transport.close()
+            return
         self.timeout_keep_alive_task = self.loop.call_later(
             self.timeout_keep_alive, self.timeout_keep_alive_handler)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        left = _open_by_peer[self._peer] - 1
+        if left > 0:
+            _open_by_peer[self._peer] = left
+        else:
+            _open_by_peer.pop(self._peer, None)
         self._reading = False
         if self._read_deadline is not None:
             self._read_deadline.cancel()

@@ -61,6 +61,8 @@ app = FastAPI(
     # the API's CPU under overload, bench (f)); Floodgate exports Prometheus metrics instead.
     telemetry={"tracing": False, "metrics": False, "logs": False},
     title="Floodgate",
+    # The route list, without a key; API_PUBLIC_DOCS=false hides it.
+    openapi_url="/openapi.json" if settings.api_public_docs else None,
     summary="Background jobs with back pressure: a full queue answers 503 + Retry-After.",
 )
 app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)

@@ -12,6 +12,7 @@ these requests cheap, so it is not skipped.
 from __future__ import annotations
 
 import functools
+import ipaddress
 import math
 import time
 
@@ -61,12 +62,29 @@ def hit(what: str, rate: str, client: str) -> None:
     raise RateLimited(what, rate, max(1, math.ceil(reset_s - time.time())))
 
 
-def signups(client_address: str) -> None:
-    hit("accounts created", get_settings().rate_limit_signups, client_address)
+def client_address(host: str | None) -> str:
+    """The address a client is counted under: an IPv6 client by its /64, which one
+    subscriber usually holds whole (an address each request would dodge any limit)."""
+    try:
+        ip = ipaddress.ip_address(host or "")
+    except ValueError:
+        return host or "unknown"
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.ip_network((ip, 64), strict=False))
+    return str(ip)
 
 
-def follows(user_id: int) -> None:
+def signups(host: str | None) -> None:
+    hit("accounts created", get_settings().rate_limit_signups, client_address(host))
+
+
+def follows(user_id: int, host: str | None) -> None:
+    """Per user, and per address over all its accounts (accounts are cheap to make)."""
     hit("follow changes", get_settings().rate_limit_follows, str(user_id))
+    hit("follow changes", get_settings().rate_limit_follows_per_address,
+        f"address:{client_address(host)}")
 
 
 def new_keys(user_id: int) -> None:

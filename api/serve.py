@@ -41,7 +41,8 @@ def uvicorn_options(settings: Settings, args: argparse.Namespace) -> dict:
     # into each worker process, and a partial of a module's class pickles by name.
     protocol = functools.partial(DeadlineHttpToolsProtocol,
                                  read_timeout_s=settings.request_read_timeout_s,
-                                 max_head_bytes=MAX_HEAD_BYTES)
+                                 max_head_bytes=MAX_HEAD_BYTES,
+                                 max_per_client=settings.api_max_connections_per_client)
     return {"host": args.host, "port": args.port or settings.api_port, "workers": args.workers,
             "access_log": args.access_log, "http": protocol, "ws": "none",
             "limit_concurrency": settings.api_limit_concurrency,

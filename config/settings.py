@@ -93,6 +93,15 @@ class Settings(BaseSettings):
         default=10, gt=0, le=300,
         description="a client must send a request's headers and body within this time, or its "
         "connection is closed (slow-header and slow-body clients, api/serve.py)")
+    api_max_connections_per_client: int = Field(
+        default=64, ge=0, le=1_000_000,
+        description="open connections one peer address may hold per API process (429 past "
+        "it); 0 for none, behind a reverse proxy, which is then the only peer")
+    rate_limit_follows_per_address: str = Field(
+        default="600/minute", description="POST and DELETE /follows per client address, "
+        "over all its accounts")
+    api_public_docs: bool = Field(
+        default=True, description="serve /docs, /redoc and /openapi.json without a key")
     api_limit_concurrency: int = Field(
         default=2000, ge=10, le=1_000_000,
         description="open connections per API process before uvicorn answers 503")
@@ -207,7 +216,8 @@ class Settings(BaseSettings):
                              "'import secrets; print(secrets.token_urlsafe(32))')")
         return value
 
-    @field_validator("rate_limit_signups", "rate_limit_follows", "rate_limit_keys")
+    @field_validator("rate_limit_signups", "rate_limit_follows", "rate_limit_keys",
+                     "rate_limit_follows_per_address")
     @classmethod
     def _rate_parses(cls, value: str) -> str:
         from limits import parse

@@ -184,12 +184,13 @@ def api_env() -> dict[str, str]:
     """What the API needs in every test environment: API_KEY_SECRET and OPS_TOKEN, random
     per session (the API refuses to start without them; tests read them back from
     os.environ or a part's env), and a signup rate no suite reaches, since all tests sign
-    up from one address (the rate-limit tests set their own)."""
+    up and follows from one address (the rate-limit tests set their own)."""
     import secrets
 
     for name in ("API_KEY_SECRET", "OPS_TOKEN"):
         _session_secrets.setdefault(name, secrets.token_urlsafe(32))
-    return {**_session_secrets, "RATE_LIMIT_SIGNUPS": "100000/minute"}
+    return {**_session_secrets, "RATE_LIMIT_SIGNUPS": "100000/minute",
+            "RATE_LIMIT_FOLLOWS_PER_ADDRESS": "1000000/minute"}
 
 
 _session_secrets: dict[str, str] = {}

@@ -26,7 +26,7 @@ _401 = {401: {"description": "no API key, or not a valid one"}}
                         429: {"description": "too many accounts from this address"}})
 def post_user(body: UserIn, request: Request) -> dict:
     """Create an account and its first API key. The key is shown only in this answer."""
-    ratelimit.signups(request.client.host if request.client else "unknown")
+    ratelimit.signups(_host(request))
     with engine().begin() as conn:
         uid = create_user(conn, body.name)
         key_id, api_key = keys.create_key(conn, uid, signing_key())
@@ -77,10 +77,10 @@ def delete_key(key_id: str, me: CurrentUser) -> Response:
              responses={**_401, 404: {"description": "unknown user"},
                         409: {"description": "MAX_FOLLOWS_PER_USER reached"},
                         429: {"description": "too many follow changes"}})
-def post_follow(body: FollowIn, me: CurrentUser) -> dict:
+def post_follow(body: FollowIn, me: CurrentUser, request: Request) -> dict:
     if body.followee == me.name:
         raise HTTPException(422, "a user cannot follow themselves")
-    ratelimit.follows(me.user_id)
+    ratelimit.follows(me.user_id, _host(request))
     followee_id = authors.resolve(engine(), body.followee)
     with engine().begin() as conn:
         created = follow(conn, me.user_id, followee_id, get_settings().max_follows_per_user)
@@ -88,8 +88,8 @@ def post_follow(body: FollowIn, me: CurrentUser) -> dict:
 
 
 @router.delete("/follows/{followee}", responses={**_401, 404: {"description": "unknown user"}})
-def delete_follow(followee: Name, me: CurrentUser) -> dict:
-    ratelimit.follows(me.user_id)
+def delete_follow(followee: Name, me: CurrentUser, request: Request) -> dict:
+    ratelimit.follows(me.user_id, _host(request))
     followee_id = authors.resolve(engine(), followee)
     with engine().begin() as conn:
         removed = unfollow(conn, me.user_id, followee_id)
@@ -107,3 +107,7 @@ def get_timeline(name: Name, me: CurrentUser, limit: Limit = 50) -> dict:
     for post in posts:
         post["created_at"] = iso(post["created_at"])
     return {"user": me.name, "posts": posts}
+
+
+def _host(request: Request) -> str | None:
+    return request.client.host if request.client else None

@@ -43,10 +43,12 @@ def has_migrations(code: Path = ROOT) -> bool:
 
 def api_env(env: dict[str, str]) -> dict[str, str]:
     """``env`` without inherited secrets, plus this run's own (random) API secrets and
-    limits a benchmark's sign-ups do not hit. Code before API keys ignores them."""
+    limits a benchmark's sign-ups do not hit; its load generator, one address, stands for
+    many clients, so no cap of connections per address. Code before API keys ignores them."""
     out = {k: v for k, v in env.items() if k not in SECRET_VARS}
     out.update(API_KEY_SECRET=secrets.token_urlsafe(32), OPS_TOKEN=secrets.token_urlsafe(32),
-               RATE_LIMIT_SIGNUPS=GENEROUS_RATE, RATE_LIMIT_FOLLOWS=GENEROUS_RATE)
+               RATE_LIMIT_SIGNUPS=GENEROUS_RATE, RATE_LIMIT_FOLLOWS=GENEROUS_RATE,
+               RATE_LIMIT_FOLLOWS_PER_ADDRESS=GENEROUS_RATE, API_MAX_CONNECTIONS_PER_CLIENT="0")
     return out
 
 

@@ -145,3 +145,49 @@ def test_past_the_concurrency_limit_the_excess_gets_503_at_once_not_a_wait(serve
     while httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5).status_code != 200:
         assert time.monotonic() < deadline, "the server never took requests again"
         time.sleep(0.1)
+
+
+PER_CLIENT = 3
+
+
+@pytest.fixture(scope="module")
+def capped_server(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("percap")
+    port = support.free_port()
+    env = support.stack_env("e2e", "floodgate_percap", tmp,
+                            API_MAX_CONNECTIONS_PER_CLIENT=PER_CLIENT, API_LIMIT_CONCURRENCY=50)
+    api = processes.api(env, tmp, port)
+    try:
+        processes.wait_http(f"http://127.0.0.1:{port}/healthz")
+        yield port
+    finally:
+        api.stop()
+
+
+def _connect(port: int, source: str) -> socket.socket:
+    sock = socket.socket()
+    sock.bind((source, 0))  # another loopback address: another client
+    sock.connect(("127.0.0.1", port))
+    return sock
+
+
+def test_one_address_cannot_hold_more_than_its_connections_and_others_are_served(capped_server):
+    port = capped_server
+    held = [_connect(port, "127.0.0.2") for _ in range(PER_CLIENT)]  # idle, as a slowloris
+    try:
+        time.sleep(0.2)
+        with _connect(port, "127.0.0.2") as extra:
+            extra.settimeout(5)
+            assert extra.recv(200).startswith(b"HTTP/1.1 429"), "the excess was not refused"
+        other = httpx.Client(transport=httpx.HTTPTransport(local_address="127.0.0.3"))
+        with other:
+            assert other.get(f"http://127.0.0.1:{port}/healthz", timeout=5).status_code == 200
+    finally:
+        for sock in held:
+            sock.close()
+    deadline = time.monotonic() + 5  # its places come back as its connections close
+    mine = httpx.Client(transport=httpx.HTTPTransport(local_address="127.0.0.2"))
+    with mine:
+        while mine.get(f"http://127.0.0.1:{port}/healthz", timeout=5).status_code != 200:
+            assert time.monotonic() < deadline, "the address never got its places back"
+            time.sleep(0.1)

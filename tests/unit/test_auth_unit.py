@@ -243,3 +243,29 @@ def test_creating_keys_is_rate_limited_per_user(client, clock, monkeypatch):
     assert [a.status_code for a in answers] == [201, 201, 429]
     assert 0 < int(answers[2].headers["Retry-After"]) <= 3600
     assert client.post("/keys", headers=bearer(other["api_key"])).status_code == 201
+
+
+def test_a_read_begun_before_a_revoke_here_cannot_bring_the_key_back(client, clock):
+    user = signup(client)
+    key_id = user["key_id"]
+    assert client.get("/users/me", headers=bearer(user["api_key"])).status_code == 200
+    with engine().connect() as conn:
+        stale = keys.find_key(conn, key_id)  # as a background re-read saw it ...
+    read_began = clock.now
+    clock.now += 1
+    assert client.delete(f"/keys/{key_id}", headers=bearer(user["api_key"])).status_code == 204
+    auth._remember(key_id, stale, read_began)  # ... landing after the revoke
+    answer = client.get("/users/me", headers=bearer(user["api_key"]))
+    assert refused(answer) and "revoked" in answer.json()["detail"]
+
+
+def test_follow_changes_are_limited_per_address_over_all_its_accounts(client, clock, monkeypatch):
+    from api import ratelimit
+
+    _with_settings(monkeypatch, ratelimit, rate_limit_follows_per_address="3/hour")
+    target = signup(client)
+    fans = [signup(client) for _ in range(4)]  # one address (the test client's), four accounts
+    answers = [client.post("/follows", json={"followee": target["name"]},
+                           headers=bearer(fan["api_key"])) for fan in fans]
+    assert [a.status_code for a in answers] == [201, 201, 201, 429]
+    assert "follow changes" in answers[3].json()["detail"]

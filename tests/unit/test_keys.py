@@ -1,6 +1,7 @@
 """API keys (tasks/demo/keys.py), property-based: parsing never raises and accepts exactly
 the well-formed keys; a key id verifies only as it was signed, under its own secret."""
 import hashlib
+import ipaddress
 import hmac
 import re
 import string
@@ -132,3 +133,25 @@ def test_made_keys_are_all_different(conn):
     uid = create_user(conn, f"many-{uuid.uuid4().hex[:8]}")
     made = [keys.create_key(conn, uid, uuid.uuid4().bytes * 2) for _ in range(50)]
     assert len({k for k, _ in made}) == len({a for _, a in made}) == 50
+
+
+@pytest.mark.parametrize("host, counted_as", [
+    ("203.0.113.7", "203.0.113.7"),
+    ("2001:db8:1:2:aaaa::1", "2001:db8:1:2::/64"),
+    ("2001:db8:1:2:ffff:ffff:ffff:ffff", "2001:db8:1:2::/64"),
+    ("::ffff:198.51.100.9", "198.51.100.9"),
+    ("testclient", "testclient"), (None, "unknown"),
+])
+def test_a_client_is_counted_by_its_address_and_an_ipv6_one_by_its_64(host, counted_as):
+    from api.ratelimit import client_address
+
+    assert client_address(host) == counted_as
+
+
+@given(st.ip_addresses(v=6))
+def test_every_address_of_one_ipv6_64_shares_one_count(ip):
+    from api.ratelimit import client_address
+
+    neighbour = ipaddress.IPv6Address(int(ip) ^ 0xFFFF)  # the same /64, another host
+    if ip.ipv4_mapped is None:
+        assert client_address(str(ip)) == client_address(str(neighbour))

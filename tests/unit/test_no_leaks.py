@@ -33,7 +33,7 @@ def test_a_database_that_is_down_is_named_without_its_driver_text(client, user, 
                          connect_args={"connect_timeout": 1})
     for module in ("api.routes.users", "api.auth"):
         monkeypatch.setattr(f"{module}.engine", lambda: dead)
-    auth.forget(user["Authorization"].split("_")[1])  # so the key is looked up again
+    auth._entries().pop(user["Authorization"].split("_")[1], None)  # so it is read again
     assert_words_only(client.get("/keys", headers=user), "the database is unreachable")
 
 
@@ -46,3 +46,17 @@ def test_a_broker_that_is_down_is_named_without_its_driver_text(client, user, mo
     response = client.post("/posts", json={"text": "hi"}, headers=user)
     assert_words_only(response, "the message broker is unreachable")
     assert response.json()["queue"] == "fanout"
+
+
+@pytest.mark.parametrize("flag, served", [("true", True), ("false", False)])
+def test_the_route_list_is_public_unless_turned_off(flag, served):
+    import os
+    import subprocess
+    import sys
+
+    probe = ("from fastapi.testclient import TestClient; from api.main import app; "
+             "print(TestClient(app).get('/openapi.json').status_code)")
+    done = subprocess.run([sys.executable, "-c", probe],
+                          env={**os.environ, "API_PUBLIC_DOCS": flag},
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert done.stdout.strip().splitlines()[-1] == ("200" if served else "404"), done.stderr
