@@ -11,7 +11,7 @@ key fails its HMAC-signed id, also with no I/O; only a key not seen for that lon
 costs one indexed query, in a thread, shared by every request that waits for it.
 Unknown and revoked keys are cached too, so repeating one stays cheap.
 
-Another identity provider plugs in here: replace :func:`_principal` with one that
+Another identity provider plugs in here: replace :meth:`KeyBearer.__call__` with one that
 verifies its token (e.g. a JWT with PyJWT against the provider's JWKS) and maps its
 subject to a user row; the routes only see :class:`Principal`.
 """
