@@ -20,8 +20,8 @@ def iso(epoch_s: float) -> str:
 async def json_body(request: Request, model: type[M]) -> M:
     """The request's JSON body as ``model``; a RequestValidationError (422) as FastAPI's
     own body parameters raise, with the same ``("body", ...)`` locations."""
-    media_type = request.headers.get("content-type", "application/json").split(";")[0]
-    if not (media_type.strip().endswith("/json") or media_type.strip().endswith("+json")):
+    media_type = request.headers.get("content-type", "application/json").split(";")[0].strip()
+    if not media_type.endswith(("/json", "+json")):
         raise RequestValidationError([{"type": "model_attributes_type", "loc": ("body",),
                                        "msg": "send the body as JSON (Content-Type: "
                                               "application/json)", "input": None}])

@@ -15,6 +15,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from api.limits import BodySizeLimit
 from api.routes import aggregates, jobs, ops, posts, users
 from config.logging import configure_api_logging
+from config.secrets import masked_url
 from config.settings import get_settings
 from tasks.demo.db import check_schema, engine
 from celery_floodgate import BrokerUnavailable, QueueFull
@@ -75,52 +76,53 @@ def _json(status: int, detail: str, headers: dict | None = None, **extra) -> JSO
     return JSONResponse({"detail": detail, **extra}, status_code=status, headers=headers)
 
 
+def _later(status: int, detail: str, retry_after_s: int, **extra) -> JSONResponse:
+    """A refusal to retry: ``Retry-After`` and ``retry_after_s`` in the body."""
+    return _json(status, detail, {"Retry-After": str(retry_after_s)},
+                 retry_after_s=retry_after_s, **extra)
+
+
 # Handlers are coroutines: Starlette runs a plain function handler in its threadpool,
 # so every 503 would queue behind the threads storing accepted posts (bench (f)).
 @app.exception_handler(QueueFull)
 async def _queue_full(_: Request, exc: QueueFull) -> JSONResponse:
-    return _json(503, str(exc), {"Retry-After": str(exc.retry_after_s)}, queue=exc.queue,
-                 depth=exc.depth, limit=exc.limit, retry_after_s=exc.retry_after_s)
+    return _later(503, str(exc), exc.retry_after_s, queue=exc.queue, depth=exc.depth,
+                  limit=exc.limit)
 
 
 # A 503 says what is down in words. The driver's text (hosts, users, addresses) goes to
-# the server's log only.
+# the server's log only, with any URL's password masked.
 @app.exception_handler(BrokerUnavailable)
 async def _broker_down(_: Request, exc: BrokerUnavailable) -> JSONResponse:
-    log.warning("broker unavailable for %s: %s", exc.queue, exc.cause)
+    log.warning("broker unavailable for %s: %s", exc.queue, masked_url(exc.cause))
     detail = (f"the message broker is unreachable, so nothing was queued to {exc.queue!r}; "
               f"retry in {exc.retry_after_s} s")
-    return _json(503, detail, {"Retry-After": str(exc.retry_after_s)}, queue=exc.queue,
-                 retry_after_s=exc.retry_after_s)
+    return _later(503, detail, exc.retry_after_s, queue=exc.queue)
 
 
 @app.exception_handler(StoreFailed)
 async def _store_failed(_: Request, exc: StoreFailed) -> JSONResponse:
-    log.warning("job %s not stored: %s", exc.job_id, exc.cause)
-    kept = ("nothing was kept" if exc.fenced else f"if it was stored after all, "
-            f"GET /jobs/{exc.job_id} shows it within seconds; otherwise nothing was kept")
-    detail = (f"the database did not store job {exc.job_id}; {kept}; "
-              f"retry in {exc.retry_after_s} s")
-    return _json(503, detail, {"Retry-After": str(exc.retry_after_s)}, job_id=exc.job_id,
-                 retry_after_s=exc.retry_after_s)
+    log.warning("job %s not stored: %s", exc.job_id, masked_url(exc.cause))
+    return _later(503, str(exc), exc.retry_after_s, job_id=exc.job_id)
 
 
 @app.exception_handler(DependencyDown)
 async def _dependency_down(_: Request, exc: DependencyDown) -> JSONResponse:
-    return _json(503, str(exc), {"Retry-After": str(exc.retry_after_s)},
-                 retry_after_s=exc.retry_after_s)
+    return _later(503, str(exc), exc.retry_after_s)
 
 
 @app.exception_handler(OperationalError)  # connection lost, server gone, timeouts
 @app.exception_handler(InterfaceError)
-async def _database_down(request: Request, exc: OperationalError | InterfaceError) -> JSONResponse:
-    log.warning("database error on %s %s: %s", request.method, request.url.path, exc.orig)
+async def _database_down(request: Request, exc: Exception) -> JSONResponse:
+    log.warning("database error on %s %s: %s", request.method, request.url.path,
+                masked_url(str(exc.orig)))
     return await _dependency_down(request, DependencyDown("the database"))
 
 
 @app.exception_handler(redis.RedisError)
 async def _redis_down(request: Request, exc: redis.RedisError) -> JSONResponse:
-    log.warning("Redis error on %s %s: %s", request.method, request.url.path, exc)
+    log.warning("Redis error on %s %s: %s", request.method, request.url.path,
+                masked_url(str(exc)))
     return await _dependency_down(request, DependencyDown("Redis (events and rate limits)"))
 
 
@@ -136,8 +138,7 @@ async def _forbidden(_: Request, exc: Forbidden) -> JSONResponse:
 
 @app.exception_handler(RateLimited)
 async def _rate_limited(_: Request, exc: RateLimited) -> JSONResponse:
-    return _json(429, str(exc), {"Retry-After": str(exc.retry_after_s)},
-                 retry_after_s=exc.retry_after_s)
+    return _later(429, str(exc), exc.retry_after_s)
 
 
 @app.exception_handler(UnknownUser)

@@ -1,6 +1,7 @@
 """Run Floodgate's parts as real subprocesses and stop them by PID."""
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -74,6 +75,20 @@ def beat(env, log_dir, schedule: Path) -> Part:
 
 def flower(env, log_dir) -> Part:
     return Part("flower", [str(BIN / "celery"), "-A", "config", "flower"], env, log_dir)
+
+
+@contextlib.contextmanager
+def serving_api(env, log_dir):
+    """An API process on a free port, answering /healthz; yields (port, part), stops it."""
+    from tests import support
+
+    port = support.free_port()
+    part = api(env, log_dir, port)
+    try:
+        wait_http(f"http://127.0.0.1:{port}/healthz")
+        yield port, part
+    finally:
+        part.stop()
 
 
 def wait_http(url: str, timeout_s: float = 30, **kwargs) -> httpx.Response:

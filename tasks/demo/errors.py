@@ -39,7 +39,8 @@ class StoreFailed(FloodgateError):
         kept = ("nothing was kept" if fenced else
                 f"if it was stored after all, GET /jobs/{job_id} shows it within seconds; "
                 "otherwise nothing was kept")
-        self.message = (f"the database did not store job {job_id} ({cause}); {kept}; "
+        # The cause (the driver's text: hosts, users) is kept for the log, not said.
+        self.message = (f"the database did not store job {job_id}; {kept}; "
                         f"retry in {retry_after_s} s")
         super().__init__(job_id, cause, fenced, retry_after_s)
 

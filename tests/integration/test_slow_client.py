@@ -26,15 +26,10 @@ PROMPT_S = 1.0   # a normal request's answer, while slow clients wait
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("slow")
-    port = support.free_port()
     env = support.stack_env("e2e", "floodgate_slow", tmp,
                             REQUEST_READ_TIMEOUT_S=READ_TIMEOUT_S, API_LIMIT_CONCURRENCY=LIMIT)
-    api = processes.api(env, tmp, port)
-    try:
-        processes.wait_http(f"http://127.0.0.1:{port}/healthz")
+    with processes.serving_api(env, tmp) as (port, api):
         yield {"port": port, "api": api}
-    finally:
-        api.stop()
 
 
 class SlowClient:
@@ -153,15 +148,10 @@ PER_CLIENT = 3
 @pytest.fixture(scope="module")
 def capped_server(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("percap")
-    port = support.free_port()
     env = support.stack_env("e2e", "floodgate_percap", tmp,
                             API_MAX_CONNECTIONS_PER_CLIENT=PER_CLIENT, API_LIMIT_CONCURRENCY=50)
-    api = processes.api(env, tmp, port)
-    try:
-        processes.wait_http(f"http://127.0.0.1:{port}/healthz")
+    with processes.serving_api(env, tmp) as (port, _):
         yield port
-    finally:
-        api.stop()
 
 
 def _connect(port: int, source: str) -> socket.socket:

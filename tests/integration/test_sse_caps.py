@@ -24,14 +24,9 @@ pytestmark = [pytest.mark.e2e,
 @contextlib.contextmanager
 def running_api(tmp_path, **settings):
     """An API (no worker: jobs stay queued) with these settings; its port."""
-    port = support.free_port()
     env = support.stack_env("e2e", "floodgate_sse_caps", tmp_path, **settings)
-    api = processes.api(env, tmp_path, port)
-    try:
-        processes.wait_http(f"http://127.0.0.1:{port}/healthz")
+    with processes.serving_api(env, tmp_path) as (port, api):
         yield port
-    finally:
-        api.stop()
     log = api.log_path.read_text()
     assert "Traceback" not in log, log
 

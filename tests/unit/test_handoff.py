@@ -66,6 +66,7 @@ def test_an_admitted_post_is_stored_with_its_job(author_id):
 def test_a_failed_store_says_whether_anything_could_be_kept():
     fenced = StoreFailed("j-1", "OperationalError: database is locked")
     assert "nothing was kept" in str(fenced) and fenced.retry_after_s == 5
+    assert "OperationalError" not in str(fenced) and fenced.cause.startswith("Operational")
     unknown = StoreFailed("j-1", "OperationalError: gone", fenced=False)
     assert "GET /jobs/j-1" in str(unknown)
     assert StoreFailed(*fenced.args).message == fenced.message  # rebuildable from its args
