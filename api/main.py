@@ -86,8 +86,16 @@ def _later(status: int, detail: str, retry_after_s: int, **extra) -> JSONRespons
 # so every 503 would queue behind the threads storing accepted posts (bench (f)).
 @app.exception_handler(QueueFull)
 async def _queue_full(_: Request, exc: QueueFull) -> JSONResponse:
+    """``reason``: full (the queue's limit), class (the bound of the request's
+    criticality) or share (the caller holds its share of the queue); the detail says
+    which in words, and ``Retry-After`` is the caller's own (its share's, its class's)."""
+    extra = {"reason": exc.reason}
+    if exc.tenant is not None:
+        extra.update(criticality=exc.criticality)
+    if exc.share:
+        extra.update(share=exc.share)
     return _later(503, str(exc), exc.retry_after_s, queue=exc.queue, depth=exc.depth,
-                  limit=exc.limit)
+                  limit=exc.limit, **extra)
 
 
 # A 503 says what is down in words. The driver's text (hosts, users, addresses) goes to

@@ -11,10 +11,14 @@ Two kinds of figures, served together by ``GET /metrics`` (:data:`METRICS_REGIST
   variable must be set before ``prometheus_client`` is first imported (it picks its
   value store at import), and the directory must be emptied when the service starts.
   Without it the default registry is served, as before.
+  With fair admission the guard also counts ``floodgate_tenant_submissions_total
+  {queue, tenant, criticality, outcome}``, its tenant label bounded per process
+  (celery_floodgate.metrics.TOP_TENANTS names, the rest "other").
 * **Live gauges**, computed when ``/metrics`` is read, by the one process that
   answers: queue depth, bound, drain rate and oldest age (:class:`QueueCollector`),
-  and recent job outcomes and waits from the ``jobs`` table (:class:`JobsCollector`).
-  They are registered once, on the served registry, never per process.
+  messages waiting per tenant (:class:`TenantHeldCollector`), and recent job outcomes
+  and waits from the ``jobs`` table (:class:`JobsCollector`). They are registered
+  once, on the served registry, never per process.
 """
 from __future__ import annotations
 
@@ -31,7 +35,14 @@ from sqlalchemy import func, select
 from config import app
 
 # Everything this module takes from tasks/, in one place: nothing else here names tasks.*.
-from celery_floodgate.metrics import ACCEPTED, REFUSED
+from celery_floodgate.metrics import (
+    ACCEPTED,
+    OTHER,
+    REFUSED,
+    TENANT_SUBMISSIONS,  # noqa: F401 - created here, so /metrics names it before a count
+    TOP_TENANTS,
+    reserve_tenants,
+)
 from celery_floodgate import guard_for, queue_stats
 from tasks.demo.db import engine
 from tasks.demo.models import jobs
@@ -55,6 +66,42 @@ class QueueCollector(Collector):
                 if values[field] is not None:
                     family.add_metric([queue], float(values[field]))
             yield family
+
+
+class TenantHeldCollector(Collector):
+    """``floodgate_tenant_held{queue, tenant}``: messages waiting per tenant in each bounded
+    queue, read from the guard at scrape time (Redis: exact; RabbitMQ/SQS: the meter's).
+
+    Bounded: the TOP_TENANTS tenants holding the most are named, the rest summed as
+    "other" (exported only when some tenant falls there). A gauge, not a counter, so a
+    tenant may enter or leave the named set from one scrape to the next. Exports
+    nothing without fair admission; a meter that does not answer leaves the queue out.
+    """
+
+    def collect(self):
+        family = GaugeMetricFamily("floodgate_tenant_held",
+                                   "Messages waiting in the queue per tenant (top tenants, "
+                                   "else 'other')", labels=["queue", "tenant"])
+        guard = guard_for(app)
+        if guard is not None and guard.fairness is not None:
+            for queue in guard.limits:
+                try:
+                    held = guard.tenant_held(queue)
+                except Exception:  # noqa: BLE001 - a meter that does not answer is a reading
+                    log.debug("tenant counts of %s unavailable", queue, exc_info=True)
+                    continue
+                for tenant, n in top_held(held, TOP_TENANTS):
+                    family.add_metric([queue, tenant], float(n))
+        yield family
+
+
+def top_held(held: dict[str, int], top_n: int) -> list[tuple[str, int]]:
+    """The ``top_n`` tenants holding the most, heaviest first, then ("other", the rest's sum)
+    if any is left; a tenant actually named "other" is summed into it."""
+    ranked = sorted(((n, t) for t, n in held.items() if t != OTHER), key=lambda x: (-x[0], x[1]))
+    named = [(tenant, n) for n, tenant in ranked[:top_n]]
+    rest = held.get(OTHER, 0) + sum(n for n, _ in ranked[top_n:])
+    return named + [(OTHER, rest)] if rest or len(ranked) > top_n else named
 
 
 #: The window the job gauges look back over, in seconds.
@@ -149,6 +196,7 @@ def _served_registry() -> CollectorRegistry:
     else:
         registry = REGISTRY
     registry.register(QueueCollector())
+    registry.register(TenantHeldCollector())
     registry.register(JobsCollector())
     return registry
 
@@ -163,3 +211,7 @@ _guard = guard_for(app)
 for _queue in _guard.limits if _guard is not None else ():
     ACCEPTED.labels(_queue)
     REFUSED.labels(_queue)
+# Weighted tenants are named in the per-tenant counter whichever tenants come first.
+if _guard is not None and _guard.fairness is not None:
+    _weights = _guard.fairness.weights
+    reserve_tenants(sorted(_weights, key=lambda tenant: (-_weights[tenant], tenant)))

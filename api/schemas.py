@@ -1,7 +1,7 @@
 """Request and response bodies. Unknown fields are refused, not ignored."""
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 
@@ -50,8 +50,22 @@ class FollowIn(Strict):
     followee: Name
 
 
-class PostIn(Strict):
+Criticality = Annotated[
+    Literal["sheddable", "default", "critical"],
+    Field(description="how much this work matters under overload: sheddable work is refused "
+          "first (above half the queue), default above 90 %, critical only at the full limit "
+          "and only for the users in CRITICAL_USERS (403 for others)"),
+]
+
+
+class PostText(Strict):
+    """One post of a batch (the batch names the class of all of them)."""
+
     text: Text
+
+
+class PostIn(PostText):
+    criticality: Criticality = "default"
 
 
 class PostAccepted(BaseModel):
@@ -99,8 +113,9 @@ BATCH_MAX = 500
 
 
 class PostsBatchIn(Strict):
-    posts: list[PostIn] = Field(min_length=1, max_length=BATCH_MAX,
-                                description=f"1 to {BATCH_MAX} posts")
+    posts: list[PostText] = Field(min_length=1, max_length=BATCH_MAX,
+                                  description=f"1 to {BATCH_MAX} posts")
+    criticality: Criticality = "default"
 
 
 class BatchItem(BaseModel):
@@ -110,6 +125,8 @@ class BatchItem(BaseModel):
     job_id: str | None = None
     status_url: str | None = None
     retry_after_s: int | None = Field(default=None, description="refused: when to send it again")
+    reason: str | None = Field(default=None, description="refused: full (the queue), class (the "
+                               "bound of the batch's criticality) or share (your share of it)")
     detail: str | None = None
 
 

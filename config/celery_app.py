@@ -23,13 +23,16 @@ app.config_from_object("config.celeryconfig")
 
 def bound_queues(celery_app: Celery) -> Guard:
     """Floodgate's queue limits on ``celery_app``: every publish (delay, apply_async,
-    send_task, canvas, beat) meets its queue's limit; see docs/guarantees.md."""
+    send_task, canvas, beat) meets its queue's limit; see docs/guarantees.md. Each
+    queue is shared fairly among tenants and classes unless FAIR_ADMISSION is false
+    (docs/app/configuration.md#fair-admission)."""
     s = get_settings()
     return install(celery_app, as_install_limits(parse_queue_limits(s.queue_limits)),
                    s.meter_redis_url, key_prefix=KEY_PREFIX,
                    rabbitmq_queue_type=s.rabbitmq_queue_type,
                    rabbitmq_queue_version=s.rabbitmq_queue_version,
                    publish_timeout_s=s.publish_timeout_s, max_countdown_s=s.max_countdown_s,
+                   fairness=s.fairness(),
                    # memory:// (the unit tests' broker) cannot be bounded: run unbounded there
                    allow_unguarded=("memory",) if s.broker_kind == "memory" else ())
 

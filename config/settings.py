@@ -7,6 +7,8 @@ names the variable; nothing runs half-configured.
 from __future__ import annotations
 
 import functools
+import math
+import re
 from typing import Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
@@ -14,6 +16,14 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from config.queues import DEFAULT_LIMITS, parse_queue_limits
 from celery_floodgate import broker_kind
+from celery_floodgate.fairness import (
+    CRITICAL,
+    DEFAULT,
+    DEFAULT_TENANT,
+    SHEDDABLE,
+    Fairness,
+    check_tenant,
+)
 
 #: SQS's longest visibility timeout.
 SQS_MAX_VISIBILITY_S = 43_200
@@ -24,6 +34,15 @@ SECRET_FIELDS = ("broker_url", "result_backend", "database_url", "migration_data
 FLOWER_PASSWORD_MIN = 12
 API_KEY_SECRET_MIN = 32
 OPS_TOKEN_MIN = 24
+#: The tenant of the work the service does for itself (beat's entries, the outbox
+#: sweep), submitted as critical. No account may take its name, nor the library's
+#: default tenant's (api/routes/users.py), so no user shares their counts.
+SYSTEM_TENANT = "system"
+RESERVED_NAMES = frozenset({SYSTEM_TENANT, DEFAULT_TENANT})
+#: The heaviest weight TENANT_WEIGHTS may give (the library's own cap).
+TENANT_WEIGHT_MAX = 1000
+#: A user name (api/schemas.py's Name), as CRITICAL_USERS lists them.
+USER_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
 
 class ConfigError(SystemExit):
@@ -169,6 +188,26 @@ class Settings(BaseSettings):
         "it starts and misses the tasks run before",
     )
 
+    # Fair admission (docs/app/configuration.md#fair-admission, celery_floodgate.fairness).
+    fair_admission: bool = Field(
+        default=True, description="share each bounded queue among the users who post, and "
+        "shed work by criticality; false: first come, first served (for benchmarks)")
+    fair_watermark: float = Field(
+        default=0.5, gt=0, le=1, description="the fraction of a queue's limit above which a "
+        "user holding its share is refused")
+    fair_sheddable_fraction: float = Field(
+        default=0.5, gt=0, le=1, description="sheddable work is refused from this fraction "
+        "of a queue's limit")
+    fair_default_fraction: float = Field(
+        default=0.9, gt=0, le=1, description="default work is refused from this fraction; "
+        "critical work only at the full limit")
+    tenant_weights: str = Field(
+        default="", description="user=weight, comma separated (alice=2,bob=0.5): a user's "
+        f"share is in proportion to its weight (default 1, at most {TENANT_WEIGHT_MAX})")
+    critical_users: str = Field(
+        default="", description="user names, comma separated, that may submit critical "
+        "work; everyone may submit default and sheddable work")
+
     log_format: Literal["text", "json"] = Field(
         default="text",
         description="text: readable lines; json: one JSON object per line (API, worker, beat), "
@@ -227,6 +266,41 @@ class Settings(BaseSettings):
         except ValueError:
             raise ValueError(f"{value!r} is not a rate such as '20/minute'") from None
         return value
+
+    @field_validator("tenant_weights")
+    @classmethod
+    def _weights_parse(cls, value: str) -> str:
+        parse_tenant_weights(value)
+        return value
+
+    @field_validator("critical_users")
+    @classmethod
+    def _users_parse(cls, value: str) -> str:
+        parse_user_names(value)
+        return value
+
+    @model_validator(mode="after")
+    def _fractions_ordered(self) -> "Settings":
+        if self.fair_sheddable_fraction > self.fair_default_fraction:
+            raise ValueError(
+                f"FAIR_SHEDDABLE_FRACTION ({self.fair_sheddable_fraction:g}) must be at most "
+                f"FAIR_DEFAULT_FRACTION ({self.fair_default_fraction:g}): sheddable work is "
+                "refused first")
+        return self
+
+    def fairness(self) -> Fairness | None:
+        """The policy ``install()`` gets: None (first come, first served) when
+        FAIR_ADMISSION is false."""
+        if not self.fair_admission:
+            return None
+        return Fairness(watermark=self.fair_watermark,
+                        weights=parse_tenant_weights(self.tenant_weights),
+                        class_fractions={SHEDDABLE: self.fair_sheddable_fraction,
+                                         DEFAULT: self.fair_default_fraction, CRITICAL: 1.0})
+
+    def may_submit(self, user_name: str, criticality: str) -> bool:
+        """Whether ``user_name`` may submit work of class ``criticality``."""
+        return criticality != CRITICAL or user_name in parse_user_names(self.critical_users)
 
     def require_api_secrets(self) -> None:
         """The API's own fail-fast check (workers and beat need neither secret)."""
@@ -352,6 +426,45 @@ def read_secret_files(data):
             raise ValueError(f"{name.upper()}_FILE names {path!r}, which cannot be read "
                              f"({exc.strerror})") from None
     return data
+
+
+def parse_tenant_weights(text: str) -> dict[str, float]:
+    """``"alice=2, bob=0.5"`` as ``{"alice": 2.0, "bob": 0.5}``; "" as ``{}``.
+
+    Raises ValueError with a sentence naming the item at fault."""
+    weights: dict[str, float] = {}
+    for item in (part.strip() for part in text.split(",")):
+        if not item:
+            continue
+        tenant, sep, raw = (piece.strip() for piece in item.partition("="))
+        if not sep or not tenant:
+            raise ValueError(f"has {item!r}, which is not user=weight (e.g. 'alice=2')")
+        try:
+            check_tenant(tenant)
+        except ValueError as exc:
+            raise ValueError(f"names {tenant!r}: {exc}") from None
+        try:
+            weight = float(raw)
+        except ValueError:
+            raise ValueError(f"gives {tenant!r} the weight {raw!r}, which is not a number") from None
+        if not (math.isfinite(weight) and 0 < weight <= TENANT_WEIGHT_MAX):
+            raise ValueError(f"gives {tenant!r} the weight {raw}; a weight is above 0 and at "
+                             f"most {TENANT_WEIGHT_MAX}")
+        if tenant in weights:
+            raise ValueError(f"names {tenant!r} twice; give each user one weight")
+        weights[tenant] = weight
+    return weights
+
+
+@functools.cache
+def parse_user_names(text: str) -> frozenset[str]:
+    """``"alice, bob"`` as ``{"alice", "bob"}``; raises ValueError naming a bad name."""
+    names = frozenset(name.strip() for name in text.split(",") if name.strip())
+    for name in sorted(names):
+        if not USER_NAME.match(name):
+            raise ValueError(f"names {name!r}, which is not a user name (1 to 64 letters, "
+                             "digits, '_', '.' or '-'; separate names with commas)")
+    return names
 
 
 def _is_redis(url: str) -> bool:

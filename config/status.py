@@ -8,10 +8,12 @@ Per queue: depth, limit (a length, or a wait limit and the length it allows now)
 drain rate, accepted and refused in the last minute (across every submitting
 process: lib/src/celery_floodgate/submits.py), and the age of the oldest message (Redis
 only). Then each worker and the queues it consumes (``inspect().active_queues()``,
-1 s timeout), and when beat last sent each schedule entry (scheduler/heartbeat.py,
+1 s timeout), when beat last sent each schedule entry (scheduler/heartbeat.py,
 the heartbeat file beside beat's schedule file: ``$FLOODGATE_VAR_DIR/beat-heartbeat``
-by default, ``--heartbeat`` for another). Reads the same environment as the other
-parts (BROKER_URL, RESULT_BACKEND, METER_URL, QUEUE_LIMITS, …).
+by default, ``--heartbeat`` for another), and, with fair admission, each queue's
+tenants: accepted and refused per class in the last minute and messages held
+(config/tenant_status.py; last, so a short terminal crops it first). Reads the same
+environment as the other parts (BROKER_URL, RESULT_BACKEND, METER_URL, QUEUE_LIMITS, …).
 """
 from __future__ import annotations
 
@@ -24,6 +26,8 @@ from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
 from rich.text import Text
+
+from config.tenant_status import collect_tenants, tenant_table
 
 INSPECT_TIMEOUT_S = 1.0
 
@@ -51,6 +55,7 @@ def collect(app, heartbeat_path: str | None = None) -> dict:
             "accepted_last_minute": counts.get(name, {}).get("accepted"),
             "refused_last_minute": counts.get(name, {}).get("refused"),
             "oldest_age_s": figures["oldest_age_s"],
+            "tenants": collect_tenants(guard, name),
         }
     now = time.time()
     beat = heartbeat.read(heartbeat_path)
@@ -93,7 +98,7 @@ def _age(seconds: float | None) -> str:
 
 
 def render(data: dict):
-    """The screen: queues, workers, beat."""
+    """The screen: queues, workers, beat, tenants."""
     when = time.strftime("%H:%M:%S", time.localtime(data["at"]))
     queues = Table(title=f"Queues ({data['broker']} broker, {when})", title_justify="left",
                    expand=False)
@@ -131,7 +136,8 @@ def render(data: dict):
     beat_table.add_column("last sent", justify="right")
     for name, entry in sorted(beat["entries"].items()):
         beat_table.add_row(name, _age(entry["ago_s"]))
-    return Group(queues, workers_table, beat_table)
+    tenants = tenant_table(data["queues"])
+    return Group(queues, workers_table, beat_table, *([tenants] if tenants else []))
 
 
 def main(argv: list[str] | None = None) -> int:

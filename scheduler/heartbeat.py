@@ -26,6 +26,9 @@ from pathlib import Path
 
 from celery.beat import PersistentScheduler
 
+from celery_floodgate.fairness import CRITICAL, submitting_as
+from config.settings import SYSTEM_TENANT
+
 #: Beat wakes at least this often, so the heartbeat is never older than this while it runs.
 TICK_EVERY_S = 5.0
 FILENAME = "beat-heartbeat"
@@ -85,7 +88,10 @@ class HeartbeatScheduler(PersistentScheduler):
         self.max_interval = min(self.max_interval, TICK_EVERY_S)
 
     def apply_async(self, entry, producer=None, advance=True, **kwargs):
-        result = super().apply_async(entry, producer=producer, advance=advance, **kwargs)
+        # Beat's entries are the service's own critical work: a flood of users' work
+        # never crowds them out (fair admission, celery_floodgate.fairness).
+        with submitting_as(SYSTEM_TENANT, CRITICAL):
+            result = super().apply_async(entry, producer=producer, advance=advance, **kwargs)
         self.last_sent[entry.name] = time.time()  # only reached when the publish succeeded
         return result
 

@@ -6,11 +6,12 @@ import time
 from celery.utils.log import get_task_logger
 
 from config import app
-from config.settings import get_settings
+from config.settings import SYSTEM_TENANT, get_settings
 from scheduler.aggregation import aggregate_window, closed_windows
 from tasks.demo import jobs
 from tasks.demo.db import engine
 from celery_floodgate import QueueFull
+from celery_floodgate.fairness import CRITICAL, submitting_as
 from tasks.demo.submit import submit
 
 log = get_task_logger(__name__)
@@ -30,14 +31,17 @@ def republish_stale_jobs() -> int:
 
     A job gets its 202 only after its message was accepted by the broker, but a
     Redis broker without AOF can still lose it. Re-sending is safe because
-    delivery is idempotent; a full queue just postpones the sweep.
+    delivery is idempotent; a full queue just postpones the sweep. The jobs were
+    promised already, so they are re-sent as the service's critical work: admitted
+    up to the queue's full limit, whatever users' work fills it.
     """
     with engine().begin() as conn:
         stale = jobs.stale(conn, "fanout", get_settings().republish_after_s)
     sent = 0
     for job in stale:
         try:
-            submit("tasks.fanout.fanout_post", args=(job.id, job.post_id), task_id=job.id)
+            with submitting_as(SYSTEM_TENANT, CRITICAL):
+                submit("tasks.fanout.fanout_post", args=(job.id, job.post_id), task_id=job.id)
         except QueueFull:
             break
         with engine().begin() as conn:

@@ -184,13 +184,18 @@ def api_env() -> dict[str, str]:
     """What the API needs in every test environment: API_KEY_SECRET and OPS_TOKEN, random
     per session (the API refuses to start without them; tests read them back from
     os.environ or a part's env), and a signup rate no suite reaches, since all tests sign
-    up and follows from one address (the rate-limit tests set their own)."""
+    up and follows from one address (the rate-limit tests set their own).
+
+    Fair admission off (FAIR_ADMISSION=false): the suites written for first-come admission
+    fill a queue to its exact limit with untagged work, which fairness refuses at the
+    default class's 90 %; the fairness suites (tests/integration/test_api_fairness.py,
+    test_fair_amqp.py, lib/tests/test_fair_admission.py) turn it on themselves."""
     import secrets
 
     for name in ("API_KEY_SECRET", "OPS_TOKEN"):
         _session_secrets.setdefault(name, secrets.token_urlsafe(32))
     return {**_session_secrets, "RATE_LIMIT_SIGNUPS": "100000/minute",
-            "RATE_LIMIT_FOLLOWS_PER_ADDRESS": "1000000/minute"}
+            "RATE_LIMIT_FOLLOWS_PER_ADDRESS": "1000000/minute", "FAIR_ADMISSION": "false"}
 
 
 _session_secrets: dict[str, str] = {}

@@ -11,10 +11,10 @@ from api import authors, ratelimit
 from api.auth import CurrentUser, forget, signing_key
 from api.deps import Limit, iso
 from api.schemas import FollowIn, KeyCreated, Name, Timeline, UserCreated, UserIn
-from config.settings import get_settings
+from config.settings import RESERVED_NAMES, get_settings
 from tasks.demo import keys
 from tasks.demo.db import engine
-from tasks.demo.errors import Forbidden, KeyLimit, KeyNotFound
+from tasks.demo.errors import Forbidden, KeyLimit, KeyNotFound, NameTaken
 from tasks.demo.timeline import create_user, follow, lock_user, read_timeline, unfollow
 
 router = APIRouter(tags=["users"])
@@ -27,6 +27,8 @@ _401 = {401: {"description": "no API key, or not a valid one"}}
 def post_user(body: UserIn, request: Request) -> dict:
     """Create an account and its first API key. The key is shown only in this answer."""
     ratelimit.signups(_host(request))
+    if body.name in RESERVED_NAMES:  # the service's own tenants (fair admission)
+        raise NameTaken(body.name)
     with engine().begin() as conn:
         uid = create_user(conn, body.name)
         key_id, api_key = keys.create_key(conn, uid, signing_key())

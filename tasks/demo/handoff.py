@@ -39,6 +39,10 @@ posts, timeline entries and jobs are stored in one transaction. The fence works
 per job id as above; since the transaction is one, a fence that wins on any of
 its ids rolls the whole batch back (every admitted item then gets a 503-like
 failure and its message is skipped).
+
+Both name the submission's tenant and class (``submitting_as``: the guard reads them
+from the context of the thread that publishes), so a fair admission policy
+(celery_floodgate.fairness) counts the post against its author's share.
 """
 from __future__ import annotations
 
@@ -50,6 +54,7 @@ from celery.utils.log import get_logger
 from sqlalchemy import Engine, literal, select
 from sqlalchemy.exc import SQLAlchemyError
 
+from celery_floodgate.fairness import submitting_as
 from tasks.demo import jobs
 from tasks.demo import submit as submit_module
 from tasks.demo.db import engine
@@ -67,13 +72,15 @@ LONGEST_LOOK_S = 0.25
 log = get_logger(__name__)
 
 
-def admit() -> str:
-    """Step 1: publish the fan-out of a post not yet stored; returns its job id.
+def admit(tenant: str | None = None, criticality: str | None = None) -> str:
+    """Step 1: publish the fan-out of a post not yet stored, as ``tenant`` and
+    ``criticality`` (None: the library's defaults); returns its job id.
 
     Raises QueueFull or BrokerUnavailable, having written nothing.
     """
     job_id = str(uuid.uuid4())
-    submit(FANOUT_TASK, args=(job_id,), task_id=job_id)
+    with submitting_as(tenant, criticality):
+        submit(FANOUT_TASK, args=(job_id,), task_id=job_id)
     return job_id
 
 
@@ -121,18 +128,21 @@ def _autocommit(eng: Engine) -> Engine:
     return eng.execution_options(isolation_level="AUTOCOMMIT")
 
 
-def publish_then_store_many(items: list[tuple[int, str]]) -> list[dict]:
+def publish_then_store_many(items: list[tuple[int, str]], tenant: str | None = None,
+                            criticality: str | None = None) -> list[dict]:
     """Admit the fan-outs of many new posts in one batch publish, then store the admitted.
 
-    ``items``: (author_id, text) pairs. Returns one dict per item, in order: either
+    ``items``: (author_id, text) pairs, submitted as ``tenant`` and ``criticality``
+    (as :func:`admit`). Returns one dict per item, in order: either
     ``{"post_id", "job_id"}`` or ``{"refused": QueueFull}`` (nothing written for it).
     Raises BrokerUnavailable (nothing written) or StoreFailed (nothing kept).
     """
     from celery_floodgate import submit_many
 
     job_ids = [str(uuid.uuid4()) for _ in items]
-    batch = submit_many(submit_module.app, FANOUT_TASK, [(j,) for j in job_ids],
-                        task_ids=job_ids)
+    with submitting_as(tenant, criticality):
+        batch = submit_many(submit_module.app, FANOUT_TASK, [(j,) for j in job_ids],
+                            task_ids=job_ids)
     out: list[dict] = [{} for _ in items]
     for index, full in batch.refused:
         out[index] = {"refused": full}

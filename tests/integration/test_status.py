@@ -17,6 +17,8 @@ from tests.integration.helpers import wait_for
 pytestmark = pytest.mark.e2e
 FLOODGATE = str(processes.BIN / "floodgate")
 LIMITS = "fanout=20,aggregation=50,default=5000"
+#: The tenant the test submits as; critical, so fair admission lets it fill the whole limit.
+TENANT = "status-test"
 
 
 @pytest.fixture
@@ -36,15 +38,16 @@ def loaded(tmp_path):
     meter = f"{support.REDIS}/{support.NAMESPACES['status'][0]}"
     env = {**os.environ, "BROKER_URL": support.broker_url("status"),
            "RESULT_BACKEND": support.results_url(), "QUEUE_LIMITS": LIMITS, "METER_URL": meter,
-           "FLOODGATE_VAR_DIR": str(var), "COLUMNS": "120", "PYTHONPATH": str(processes.ROOT)}
+           "FLOODGATE_VAR_DIR": str(var), "COLUMNS": "120", "PYTHONPATH": str(processes.ROOT),
+           "FAIR_ADMISSION": "true"}  # the per-tenant rows need it (tests/support.py: off)
     worker = processes.worker(env, tmp_path, name="status-worker", queues="aggregation",
                               pool="threads", concurrency=1)
     wait_for(lambda: "ready." in worker.output(), 30, "worker never became ready")
     app = Celery("floodgate-status", set_as_current=False)
     app.config_from_object("config.celeryconfig")
     app.conf.broker_url = support.broker_url("status")
-    saved = {k: os.environ.get(k) for k in ("QUEUE_LIMITS", "METER_URL")}
-    os.environ.update(QUEUE_LIMITS=LIMITS, METER_URL=meter)
+    saved = {k: os.environ.get(k) for k in ("QUEUE_LIMITS", "METER_URL", "FAIR_ADMISSION")}
+    os.environ.update(QUEUE_LIMITS=LIMITS, METER_URL=meter, FAIR_ADMISSION="true")
     get_settings.cache_clear()
     try:
         bound_queues(app)
@@ -63,16 +66,20 @@ def loaded(tmp_path):
 
 
 def submit(app, n: int) -> tuple[int, int]:
-    """Submit ``n`` fan-outs nobody consumes; returns (accepted, refused)."""
+    """Submit ``n`` critical fan-outs as TENANT, which nobody consumes; returns (accepted,
+    refused)."""
     from celery_floodgate import QueueFull
+    from celery_floodgate.fairness import CRITICAL, submitting_as
 
     accepted = refused = 0
-    for _ in range(n):
-        try:
-            app.send_task("tasks.fanout.fanout_post", args=(str(uuid.uuid4()),), queue="fanout")
-            accepted += 1
-        except QueueFull:
-            refused += 1
+    with submitting_as(TENANT, CRITICAL):
+        for _ in range(n):
+            try:
+                app.send_task("tasks.fanout.fanout_post", args=(str(uuid.uuid4()),),
+                              queue="fanout")
+                accepted += 1
+            except QueueFull:
+                refused += 1
     return accepted, refused
 
 
@@ -103,6 +110,10 @@ def test_json_under_load_counts_depth_accepted_and_refused(loaded):
     assert data["beat"]["entries"]["republish-stale-jobs"]["last_run"] is None
     if support.broker_kind() == "redis":
         assert fanout["oldest_age_s"] is not None and fanout["oldest_age_s"] >= 0
+    # Per tenant and class: the namespace's meter is new, so these are this test's alone.
+    (row,) = [r for r in fanout["tenants"] if r["tenant"] == TENANT]
+    assert row == {"tenant": TENANT, "criticality": "critical", "accepted_last_minute": 20,
+                   "refused_last_minute": 5, "held": 20}
     print(json.dumps(data, indent=1))
 
 

@@ -6,6 +6,15 @@ import pytest
 
 from celery_floodgate import QueueFull
 from celery_floodgate.client import call_with_backoff, post_with_backoff
+from celery_floodgate.throttle import THROTTLES
+
+
+@pytest.fixture(autouse=True)
+def fresh_throttles():
+    """No destination's history leaks between tests through the default registry."""
+    THROTTLES.clear()
+    yield
+    THROTTLES.clear()
 
 
 class Refuser:
@@ -68,3 +77,18 @@ def test_http_503_is_retried_as_the_header_says_and_other_answers_return():
                                      sleep=waits.append, hint_jitter=0.5)
     assert response.status_code == 202
     assert len(waits) == 1 and 2.0 <= waits[0] <= 3.0
+
+
+def test_a_client_posting_to_a_refusing_api_stops_sending_most_of_its_attempts():
+    sent = []
+
+    def busy(request):
+        sent.append(request)
+        return httpx.Response(503, headers={"Retry-After": "1"})
+
+    with httpx.Client(transport=httpx.MockTransport(busy), base_url="http://floodgate") as client:
+        answers = [post_with_backoff(client, "/posts", {"text": "t"}, max_attempts=1)
+                   for _ in range(500)]
+    assert all(a.status_code == 503 for a in answers)
+    assert 20 <= len(sent) < 60  # about 36: each sent with p = 1/(sent + 1) past the floor
+    assert sum("floodgate_throttled" in a.extensions for a in answers) == 500 - len(sent)

@@ -38,7 +38,7 @@ def test_a_database_that_is_down_is_named_without_its_driver_text(client, user, 
 
 
 def test_a_broker_that_is_down_is_named_without_its_driver_text(client, user, monkeypatch):
-    def refuse():
+    def refuse(*_):
         raise BrokerUnavailable("fanout", "OperationalError: [Errno 111] Connection refused "
                                 "to amqp://sekrit-user:sekrit-pass@127.0.0.1:5672//")
 

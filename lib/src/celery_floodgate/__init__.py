@@ -19,6 +19,8 @@ Everything a program needs is importable from here (``__all__``):
   (`QueueFull`, `EtaTooFar`), `BrokerUnavailable`,
   `NotInstalled`.
 * `submit_many` and its `BatchResult`: many submissions at once.
+* `Fairness` (``install(..., fairness=Fairness())``) and `submitting_as`: each
+  queue shared fairly among tenants, and shed by criticality class.
 * `queue_stats`, `recent_counts`: live figures for a status page.
 
 Optional parts, each behind an extra:
@@ -40,6 +42,7 @@ from celery_floodgate.errors import (
     QueueFull,
     Refused,
 )
+from celery_floodgate.fairness import Fairness, submitting_as
 from celery_floodgate.guard import Guard
 from celery_floodgate.install import broker_kind, install
 from celery_floodgate.limits import Limit, parse_limit, parse_limits
@@ -56,6 +59,7 @@ __all__ = [
     "BatchResult",
     "BrokerUnavailable",
     "EtaTooFar",
+    "Fairness",
     "Guard",
     "Limit",
     "NotInstalled",
@@ -71,4 +75,5 @@ __all__ = [
     "queue_stats",
     "recent_counts",
     "submit_many",
+    "submitting_as",
 ]

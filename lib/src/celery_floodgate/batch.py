@@ -38,6 +38,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import redis
 from amqp import spec
 from celery.utils import uuid
 from kombu.common import maybe_declare
@@ -46,9 +47,10 @@ from kombu.messaging import Producer
 from kombu.utils.json import dumps
 
 from celery_floodgate.errors import BrokerUnavailable, QueueFull
+from celery_floodgate.fairness import identify
 from celery_floodgate.limits import RETRY_AFTER_MAX_S
 from celery_floodgate.stats import guard_for
-from celery_floodgate.transports import LuaScript
+from celery_floodgate.transports import LuaScript, redis_fair
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -264,6 +266,8 @@ def _admit_redis(guard: Guard, channel: Any, qname: str, limit: Limit,
         target = channel._q_for_pri(qname, channel._get_message_priority(message, reverse=False))
         payload.append((lists.index(target) + 1, dumps(message)))
     client = channel._admit_client(guard)
+    if guard.fairness is not None:
+        return _admit_fair(guard, client, qname, lists, bound, room, kept, payload)
     refused: list[tuple[int, QueueFull]] = []
     for start in range(0, len(payload), SCRIPT_MESSAGES):
         part = payload[start:start + SCRIPT_MESSAGES]
@@ -291,10 +295,39 @@ def _admit_redis(guard: Guard, channel: Any, qname: str, limit: Limit,
     return refused
 
 
+def _admit_fair(guard: Guard, client: Any, qname: str, lists: list[str], bound: int,
+                room: int, kept: list[_Kept], payload: list[tuple[int, str]]
+                ) -> list[tuple[int, QueueFull]]:
+    """`_admit_redis` with shares and classes (`celery_floodgate.transports.redis_fair`):
+    a batch is one tenant's, of one class."""
+    who = {identify(message["headers"]) for message, _, _ in kept}
+    if len(who) != 1:
+        raise ValueError("a batch must be one tenant's and of one criticality class; "
+                         f"this one names {sorted(who)}")
+    ((tenant, criticality),) = who
+    refused: list[tuple[int, QueueFull]] = []
+    for start in range(0, len(payload), SCRIPT_MESSAGES):
+        part = payload[start:start + SCRIPT_MESSAGES]
+        try:
+            reply = redis_fair.admit(guard, client, qname, lists, bound, room, tenant,
+                                     criticality, part)
+        except redis.RedisError as exc:  # timeouts and connection losses
+            raise BrokerUnavailable(qname, f"{type(exc).__name__}: {exc}"[:200]) from None
+        for _ in range(reply.admitted):
+            guard.admitted(qname, tenant, criticality)
+        if reply.admitted < len(part):
+            first = redis_fair.refusal(guard, qname, reply, bound, room, tenant, criticality)
+            refused.extend((i, first if i == start + reply.admitted else _same(guard, qname, first))
+                           for i in range(start + reply.admitted, len(payload)))
+            break
+    return refused
+
+
 def _same(guard: Guard, qname: str, first: QueueFull) -> QueueFull:
     """Another refusal of the same batch: counted, with the first one's wait (no round trip,
     and remembered once, by the first: `Guard.refuse`)."""
-    return guard._refused(qname, first.depth, first.limit, first.retry_after_s)
+    return guard._refused(qname, first.depth, first.limit, first.retry_after_s, first.reason,
+                          first.tenant, first.criticality, first.share)
 
 
 def _batch_channel(conn: Connection) -> Any:
@@ -329,10 +362,42 @@ def _forget_batch_channel(conn: Connection) -> None:
 
 def _publish_confirmed(guard: Guard, conn: Connection, channel: Any, qname: str, limit: Limit,
                        kept: list[_Kept]) -> list[tuple[int, QueueFull]]:
-    """Publish every message, then wait once for all their confirms; nacked ones are refused."""
+    """Publish every message, then wait once for all their confirms; nacked ones are refused.
+
+    With fair admission the batch (one tenant's, of one class) first reserves its places
+    in the meter, in one call (`celery_floodgate.tenants`): the messages past the
+    tenant's share or its class's bound are refused unsent, and nacked ones give theirs
+    back."""
+    from celery_floodgate.tenants import EPOCH_HEADER, tenancy_of  # here: batch.py's own
+
     now = time.time()
+    tenancy = tenancy_of(guard)
+    tenant = criticality = None
+    epoch = None
+    meter_refused: QueueFull | None = None
+    for message, _, _ in kept:
+        headers = message.properties.setdefault("application_headers", {})
+        guard.check_eta(qname, headers.get("eta"))
+        headers.setdefault(SENT_AT_HEADER, now)
+    if tenancy is not None:
+        who = {identify(message.properties["application_headers"]) for message, _, _ in kept}
+        if len(who) != 1:
+            raise ValueError("a batch must be one tenant's and of one criticality class; "
+                             f"this one names {sorted(who)}")
+        ((tenant, criticality),) = who
+        bound = guard.length_bound(limit)
+        reservation = tenancy.reserve(qname, tenant, criticality, bound, n=len(kept))
+        epoch = reservation.epoch
+        if not reservation.admit:
+            meter_refused = tenancy.refusal(qname, reservation, bound, tenant, criticality)
+        for message, _, _ in kept[:reservation.reserved]:
+            if epoch is not None:
+                message.properties["application_headers"][EPOCH_HEADER] = epoch
+        sent = kept[:reservation.reserved]
+    else:
+        sent = kept
     first_tag = channel._fg_next_tag
-    n = len(kept)
+    n = len(sent)
     last_tag = first_tag + n - 1
     acked = bytearray(n)   # 0 pending, 1 acked, 2 nacked
     pending = [n]
@@ -351,10 +416,7 @@ def _publish_confirmed(guard: Guard, conn: Connection, channel: Any, qname: str,
     channel.events["basic_nack"].add(on_nack)
     try:
         try:
-            for message, exchange, routing_key in kept:
-                headers = message.properties.setdefault("application_headers", {})
-                guard.check_eta(qname, headers.get("eta"))
-                headers.setdefault(SENT_AT_HEADER, now)
+            for message, exchange, routing_key in sent:
                 channel._basic_publish(message, exchange, routing_key)
                 channel._fg_next_tag += 1
             deadline = time.monotonic() + max(guard.publish_timeout_s, 0.001 * n)
@@ -365,6 +427,7 @@ def _publish_confirmed(guard: Guard, conn: Connection, channel: Any, qname: str,
                 channel.wait([spec.Basic.Ack, spec.Basic.Nack], timeout=remaining)
         except socket.timeout:
             # A blocked broker never confirms: drop the socket rather than hang on close.
+            # The places stay reserved: which messages landed is unknown (reconciled later).
             conn.collect()
             raise BrokerUnavailable(qname, "the broker did not confirm the batch in time") from None
     finally:
@@ -374,9 +437,15 @@ def _publish_confirmed(guard: Guard, conn: Connection, channel: Any, qname: str,
     first = None
     for i, state in enumerate(acked):
         if state == 1:
-            guard.admitted(qname)
+            guard.admitted(qname, tenant, criticality)
             continue
         bound = guard.length_bound(limit)
-        first = guard.refuse(qname, bound, bound) if first is None else _same(guard, qname, first)
+        first = (guard.refuse(qname, bound, bound, tenant=tenant, criticality=criticality)
+                 if first is None else _same(guard, qname, first))
         refused.append((i, first))
+    if tenancy is not None and refused:
+        tenancy.release(qname, tenant or "", epoch, len(refused))
+    if meter_refused is not None:
+        refused.extend((i, meter_refused if i == n else _same(guard, qname, meter_refused))
+                       for i in range(n, len(kept)))
     return refused

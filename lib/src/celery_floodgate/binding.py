@@ -74,6 +74,8 @@ class Binding:
             _check_master_name(conf, meter_url)
         self.guard.broker_kind = kind
         self.guard.meter.point_at(meter_url, meter_options)
+        if self.guard.fairness is not None:
+            self.guard.tenancy = tenancy_for(kind, app, self.guard)
         if transport:
             conf.broker_transport = transport
         else:
@@ -362,3 +364,15 @@ def declared_queues(conf: Any, limits: dict[str, Limit], kind: str,
 
 def _names(queues: list[str]) -> str:
     return ", ".join(repr(q) for q in queues)
+
+
+def tenancy_for(kind: str, app: Any, guard: Any) -> Any:
+    """Where ``guard`` counts each tenant's holding: the lists themselves on Redis
+    (`celery_floodgate.transports.redis_fair`), the meter elsewhere (`celery_floodgate.tenants`)."""
+    if kind == "redis":
+        from celery_floodgate.transports.redis_fair import RedisHeld
+
+        return RedisHeld(app, guard)
+    from celery_floodgate.tenants import MeterTenancy
+
+    return MeterTenancy(guard)

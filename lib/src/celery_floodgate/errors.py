@@ -41,15 +41,36 @@ class QueueFull(Refused):
     :param limit: the length bound it refused at.
     :param retry_after_s: whole seconds until the queue has room for this caller,
         from the measured drain rate (1 to 60).
+    :param reason: ``"full"`` (the limit), ``"class"`` (the bound of the submission's
+        criticality class) or ``"share"`` (its tenant holds its fair share);
+        see `celery_floodgate.fairness`.
+    :param tenant: the submission's tenant, when a fairness policy is installed.
+    :param criticality: its class, likewise.
+    :param share: the tenant's share when ``reason`` is ``"share"``.
     """
 
-    def __init__(self, queue: str, depth: int, limit: int, retry_after_s: int) -> None:
+    def __init__(self, queue: str, depth: int, limit: int, retry_after_s: int,
+                 reason: str = "full", tenant: str | None = None,
+                 criticality: str | None = None, share: int = 0) -> None:
         self.queue = queue
         self.depth = depth
         self.limit = limit
         self.retry_after_s = retry_after_s
-        self.message = f"queue {queue!r} is full ({depth}/{limit}); retry in {retry_after_s} s"
-        super().__init__(queue, depth, limit, retry_after_s)
+        self.reason, self.tenant, self.criticality, self.share = (
+            reason, tenant, criticality, share)
+        if reason == "share":
+            self.message = (f"tenant {tenant!r} already holds its share of queue {queue!r} "
+                            f"({share} of the {depth}/{limit} waiting); retry in "
+                            f"{retry_after_s} s, when its share has drained")
+        elif reason == "class":
+            self.message = (f"queue {queue!r} refuses {criticality} work at this depth "
+                            f"({depth}/{limit}); retry in {retry_after_s} s, or submit it "
+                            "as a higher class if it is more critical")
+        else:
+            self.message = (f"queue {queue!r} is full ({depth}/{limit}); "
+                            f"retry in {retry_after_s} s")
+        super().__init__(queue, depth, limit, retry_after_s, reason, tenant, criticality,
+                         share)
 
 
 class EtaTooFar(Refused):

@@ -29,7 +29,9 @@ from celery_floodgate.limits import (
     WAIT_LIMIT_BOOTSTRAP_LENGTH,
     Limit,
 )
+from celery_floodgate import fairness as fair
 from celery_floodgate import metrics, submits
+from celery_floodgate.fairness import Fairness
 from celery_floodgate.memo import RefusalMemo
 from celery_floodgate.meter import Meter
 from celery_floodgate.transports import LuaScript
@@ -51,9 +53,17 @@ class Guard:
     """
 
     def __init__(self, limits: dict[str, Limit], meter: Meter, broker_kind: str,
-                 publish_timeout_s: float = 1.0, max_countdown_s: float | None = None) -> None:
+                 publish_timeout_s: float = 1.0, max_countdown_s: float | None = None,
+                 fairness: Fairness | None = None) -> None:
         self.limits, self.meter, self.broker_kind = limits, meter, broker_kind
         self.publish_timeout_s, self.max_countdown_s = publish_timeout_s, max_countdown_s
+        #: Fair admission per tenant and class; None: first come, first served.
+        self.fairness = fairness
+        #: Where tenants' holdings are counted (`celery_floodgate.binding.tenancy_for`).
+        self.tenancy: Any = None
+        if fairness is not None:  # the weighted tenants keep their own metric labels
+            metrics.reserve_tenants([*sorted(fairness.weights, key=lambda t: (
+                -fairness.weight(t), t)), fair.DEFAULT_TENANT])
         self.id = f"guard-{next(_ids)}"
         self._rates: dict[str, tuple[float, float | None]] = {}
         self._held: dict[tuple[str, str], tuple[float, int]] = {}
@@ -127,34 +137,58 @@ class Guard:
             wait = excess / rate
         return clamp(wait)
 
-    def refuse(self, queue: str, depth: int, bound: int, wait_s: float | None = None) -> QueueFull:
+    def refuse(self, queue: str, depth: int, bound: int, wait_s: float | None = None,
+               reason: str = fair.FULL, tenant: str | None = None,
+               criticality: str | None = None, share: int = 0,
+               rate: float | None = None) -> QueueFull:
         """The error for a broker's refusal; ``wait_s``: the ticket, when the broker drew it.
 
-        The refusal is remembered for a moment (`.memo`)."""
+        The refusal is remembered for a moment (`.memo`), for what it refused: the
+        queue, the class or the tenant (``reason``). ``rate``: how fast that line
+        moves, when not the queue's drain rate (a tenant's part of it)."""
         if wait_s is None:
             wait_s = self.retry_after_s(queue, depth, bound)
-        self.memo.remember(queue, depth, bound, wait_s, self.drain_rate(queue))
-        return self._refused(queue, depth, bound, wait_s)
+        self.memo.remember(queue, depth, bound, wait_s, rate or self.drain_rate(queue),
+                           scope_of(reason, tenant, criticality))
+        return self._refused(queue, depth, bound, wait_s, reason, tenant, criticality, share)
 
-    def recent_refusal(self, queue: str) -> QueueFull | None:
-        """A refusal answered in-process while the broker's last refusal of ``queue`` holds."""
-        remembered = self.memo.refusal(queue)
-        return self._refused(queue, *remembered) if remembered else None
+    def recent_refusal(self, queue: str, tenant: str | None = None,
+                       criticality: str | None = None) -> QueueFull | None:
+        """A refusal answered in-process while the broker's last refusal of ``queue`` holds,
+        for this tenant and class: another tenant's or a lower class's does not count."""
+        if self.fairness is None or tenant is None:
+            remembered = self.memo.refusal(queue)
+            return self._refused(queue, *remembered[:3]) if remembered else None
+        criticality = criticality or fair.DEFAULT
+        remembered = self.memo.refusal(queue, scopes_refusing(tenant, criticality))
+        if remembered is None:
+            return None
+        depth, bound, wait_s, scope = remembered
+        reason = fair.FULL if not scope else scope.split(":", 1)[0]
+        return self._refused(queue, depth, bound, wait_s, reason, tenant, criticality)
 
-    def pending_tickets(self, queue: str) -> int:
+    def pending_tickets(self, queue: str, scope: str = "") -> int:
         """For a transport drawing a ticket: slots this process handed out since the last."""
-        return self.memo.take_pending(queue)
+        return self.memo.take_pending(queue, scope)
 
-    def _refused(self, queue: str, depth: int, bound: int, wait_s: float) -> QueueFull:
-        self._count(queue, submits.REFUSED)
-        return QueueFull(queue=queue, depth=depth, limit=bound, retry_after_s=clamp(wait_s))
+    def _refused(self, queue: str, depth: int, bound: int, wait_s: float,
+                 reason: str = fair.FULL, tenant: str | None = None,
+                 criticality: str | None = None, share: int = 0) -> QueueFull:
+        self._count(queue, submits.REFUSED, tenant, criticality)
+        return QueueFull(queue=queue, depth=depth, limit=bound, retry_after_s=clamp(wait_s),
+                         reason=reason, tenant=tenant, criticality=criticality, share=share)
 
-    def admitted(self, queue: str) -> None:
+    def admitted(self, queue: str, tenant: str | None = None,
+                 criticality: str | None = None) -> None:
         """Count one message the broker accepted into ``queue``."""
-        self.memo.admitted(queue)
-        self._count(queue, submits.ACCEPTED)
+        if tenant is None:
+            self.memo.admitted(queue)
+        else:
+            self.memo.admitted(queue, scopes_admitted(tenant, criticality or fair.DEFAULT))
+        self._count(queue, submits.ACCEPTED, tenant, criticality)
 
-    def _count(self, queue: str, outcome: str) -> None:
+    def _count(self, queue: str, outcome: str, tenant: str | None = None,
+               criticality: str | None = None) -> None:
         """Prometheus' counter and the shared per-second count (``floodgate status``); the
         counter's child is looked up once per queue (it costs ~10 µs a publish otherwise)."""
         child = self._counters.get((queue, outcome))
@@ -162,6 +196,17 @@ class Guard:
             child = self._counters[(queue, outcome)] = metrics.counter(outcome, queue)
         child.inc()
         submits.record(self.meter, queue, outcome)
+        if tenant is not None:
+            criticality = criticality or fair.DEFAULT
+            metrics.tenant_counter(outcome, queue, tenant, criticality).inc()
+            submits.record_tenant(self.meter, queue, outcome, tenant, criticality)
+
+    def tenant_held(self, queue: str) -> dict[str, int]:
+        """Messages waiting in ``queue`` per tenant (empty without fair admission)."""
+        if self.fairness is None or self.tenancy is None:
+            return {}
+        held: dict[str, int] = self.tenancy.held(queue)
+        return held
 
     def check_eta(self, queue: str, eta: str | None) -> None:
         """Refuse an ETA the broker would deliver twice.
@@ -175,6 +220,32 @@ class Guard:
         delay_s = seconds_until(eta)
         if delay_s >= self.max_countdown_s:
             raise EtaTooFar(queue, delay_s, self.max_countdown_s)
+
+
+def scope_of(reason: str, tenant: str | None, criticality: str | None) -> str:
+    """The memo's scope of a refusal (`celery_floodgate.memo`)."""
+    if reason == fair.SHARE and tenant is not None:
+        return f"tenant:{tenant}"
+    if reason == fair.CLASS and criticality is not None:
+        return f"class:{criticality}"
+    return ""
+
+
+def scopes_refusing(tenant: str, criticality: str) -> tuple[str, ...]:
+    """The remembered refusals that refuse this submission: the queue's, its class's or
+    a class shed after it (a class shed later has the higher bound), and its tenant's
+    (critical work is exempt from shares)."""
+    rank = fair.CLASSES.index(criticality)
+    classes = tuple(f"class:{c}" for c in fair.CLASSES[rank:fair.CLASSES.index(fair.CRITICAL)])
+    share = () if criticality == fair.CRITICAL else (f"tenant:{tenant}",)
+    return ("", *classes, *share)
+
+
+def scopes_admitted(tenant: str, criticality: str) -> tuple[str, ...]:
+    """The remembered refusals an admission proves stale: the queue's, those of its class
+    and the classes shed after it, and its tenant's."""
+    rank = fair.CLASSES.index(criticality)
+    return ("", *(f"class:{c}" for c in fair.CLASSES[rank:]), f"tenant:{tenant}")
 
 
 def wait_bound(wait_s: float, rate: float | None) -> int:

@@ -25,6 +25,7 @@ from celery_floodgate.binding import (
 )
 from celery_floodgate import compat
 from celery_floodgate.errors import NotInstalled
+from celery_floodgate.fairness import Fairness
 from celery_floodgate.guard import Guard
 from celery_floodgate.limits import Keys, parse_limits
 from celery_floodgate.meter import Meter
@@ -49,7 +50,8 @@ def install(app: Any, limits: Mapping[str, int | str] | str, meter_url: str | No
             unbounded: Iterable[str] = (), key_prefix: str | None = None,
             rabbitmq_queue_type: str = "classic", rabbitmq_queue_version: int | None = 2,
             publish_timeout_s: float = 1.0, max_countdown_s: float | None = None,
-            rerunnable_chords: bool = True, allow_unguarded: Iterable[str] = ()) -> Guard:
+            rerunnable_chords: bool = True, allow_unguarded: Iterable[str] = (),
+            fairness: Fairness | None = None) -> Guard:
     """Bound every queue in ``limits`` (``{"emails": 500, "reports": "30s"}``).
 
     ``meter_url``: a Redis where workers record drain rates (Retry-After, wait
@@ -82,6 +84,10 @@ def install(app: Any, limits: Mapping[str, int | str] | str, meter_url: str | No
     the latency (bench/RESULTS.md, finding 12). A queue that already exists with
     another version must keep it: RabbitMQ refuses the redeclaration (406).
 
+    ``fairness``: share each queue fairly among tenants, and shed by criticality class
+    (`celery_floodgate.fairness`: ``Fairness(weights={"acme": 2})``); None admits
+    first come, first served.
+
     ``rerunnable_chords``: when the app's results are in Celery's Redis backend
     (now, or set after this call), a frozen chord applied again runs its body again
     (`celery_floodgate.results`: one Redis DEL per chord application, nothing
@@ -104,7 +110,7 @@ def install(app: Any, limits: Mapping[str, int | str] | str, meter_url: str | No
     except ValueError as exc:
         raise NotInstalled(str(exc)) from None
     guard = Guard(parsed, Meter(meter_url, Keys(key_prefix or f"backpressure:{app.main}")),
-                  "amqp", publish_timeout_s, max_countdown_s)
+                  "amqp", publish_timeout_s, max_countdown_s, fairness)
     binding = Binding(guard, parsed, meter_url, frozenset(unbounded),
                       frozenset(allow_unguarded),
                       rabbitmq_arguments(rabbitmq_queue_type, rabbitmq_queue_version))

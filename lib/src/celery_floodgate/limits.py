@@ -129,6 +129,16 @@ class Keys:
         """The next free slot of ``queue``'s virtual waiting line (Retry-After tickets)."""
         return f"{self.prefix}:ticket:{queue}"
 
+    def line(self, queue: str, scope: str) -> str:
+        """A waiting line of its own: ``scope`` is ``"class:<class>"`` or ``"tenant:<name>"``,
+        so a tenant over its share, or a shed class, queues behind its own refusals only."""
+        return f"{self.prefix}:ticket:{queue}:{scope}"
+
+    def fair(self, list_name: str, part: str) -> str:
+        """Redis fair admission's bookkeeping of one broker list (``admit_fair.lua``):
+        ``part`` is ``"seq"``, ``"active"`` or ``"t:<tenant>"``."""
+        return f"{self.prefix}:fair:{list_name}:{part}"
+
     def redeliveries(self, task_id: str) -> str:
         """How often the message of ``task_id`` was delivered again."""
         return f"{self.prefix}:redeliveries:{task_id}"

@@ -15,6 +15,12 @@ trip's worth of its posts refused, wrongly.)
 The limit stays exact (this only ever refuses); the next broker refusal skips the
 slots handed out here (``pending``), so the shared line stays honest. Without a
 measured drain rate nothing is remembered.
+
+With fair admission (`celery_floodgate.fairness`) a refusal is remembered for what
+it refused, its *scope*: the whole queue (``""``: at the limit everyone is refused),
+a class (``"class:sheddable"``: that class and the ones shed before it) or a tenant
+(``"tenant:acme"``: that tenant, not the others). A noisy tenant's refusal never
+refuses a polite one here.
 """
 from __future__ import annotations
 
@@ -39,42 +45,53 @@ class _Full:
 
 
 class RefusalMemo:
-    """The broker's recent refusals, per queue, for one guard; thread-safe."""
+    """The broker's recent refusals, per queue and scope, for one guard; thread-safe."""
 
     def __init__(self) -> None:
-        self._full: dict[str, _Full] = {}
+        self._full: dict[tuple[str, str], _Full] = {}
         self._lock = threading.Lock()
 
     def remember(self, queue: str, depth: int, bound: int, wait_s: float,
-                 rate: float | None) -> None:
-        """The broker refused ``queue``; its ticket for this caller is ``wait_s`` away."""
+                 rate: float | None, scope: str = "") -> None:
+        """The broker refused ``queue`` (for ``scope``); this caller's ticket is ``wait_s`` away.
+
+        ``rate``: how fast that scope's line moves (a tenant's: its part of the drain)."""
         if not rate:
             return
         now, interval_s = time.monotonic(), 1 / rate
         with self._lock:
-            self._full[queue] = _Full(now + min(interval_s, MEMO_MAX_S), depth, bound,
-                                      now + wait_s + interval_s, interval_s)
+            self._full[(queue, scope)] = _Full(now + min(interval_s, MEMO_MAX_S), depth, bound,
+                                               now + wait_s + interval_s, interval_s)
 
-    def refusal(self, queue: str) -> tuple[int, int, float] | None:
-        """(depth, bound, seconds to this caller's ticket) while ``queue`` is remembered full."""
-        full, now = self._full.get(queue), time.monotonic()
-        if full is None or now >= full.until:  # the usual case: no lock taken
+    def refusal(self, queue: str, scopes: tuple[str, ...] = ("",)) -> (
+            tuple[int, int, float, str] | None):
+        """(depth, bound, seconds to this caller's ticket, scope) while ``queue`` is
+        remembered refused for any of ``scopes``."""
+        if not self._full:  # the usual case: no lock taken
             return None
-        with self._lock:
-            slot = max(full.next_slot, now + full.interval_s)
-            full.next_slot, full.pending = slot + full.interval_s, full.pending + 1
-            return full.depth, full.bound, slot - now
-
-    def admitted(self, queue: str) -> None:
-        """The broker admitted a submission: the queue has room, so forget its refusal."""
-        if queue in self._full:
+        now = time.monotonic()
+        for scope in scopes:
+            full = self._full.get((queue, scope))
+            if full is None or now >= full.until:
+                continue
             with self._lock:
-                self._full.pop(queue, None)
+                slot = max(full.next_slot, now + full.interval_s)
+                full.next_slot, full.pending = slot + full.interval_s, full.pending + 1
+                return full.depth, full.bound, slot - now, scope
+        return None
 
-    def take_pending(self, queue: str) -> int:
+    def admitted(self, queue: str, scopes: tuple[str, ...] = ("",)) -> None:
+        """The broker admitted a submission: forget the refusals it proves wrong now
+        (the queue's, and those of ``scopes``)."""
+        if self._full:
+            with self._lock:
+                for scope in scopes:
+                    self._full.pop((queue, scope), None)
+
+    def take_pending(self, queue: str, scope: str = "") -> int:
         """Tickets handed out here since the last broker refusal; counted once."""
         with self._lock:
-            full = self._full.get(queue)
+            full = self._full.get((queue, scope))
             if full is None:
                 return 0
             pending, full.pending = full.pending, 0

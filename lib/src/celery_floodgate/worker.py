@@ -8,12 +8,15 @@ weakly and the guard holds them strongly: they live exactly as long as the app
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from celery.signals import task_received, worker_ready
 
 from celery_floodgate.guard import Guard
+from celery_floodgate.fairness import DEFAULT_TENANT, TENANT_HEADER
 from celery_floodgate.stats import DepthReader
+from celery_floodgate.tenants import epoch_of, tenancy_of
 from celery_floodgate.transports import broker_id
 
 log = logging.getLogger("celery_floodgate")
@@ -26,16 +29,27 @@ class Receivers:
         self.app, self.guard, self.unbounded = app, guard, unbounded
 
     def count_drained(self, sender: Any = None, request: Any = None, **_: Any) -> None:
-        """Count a message this app's worker took off its queue (the drain rate)."""
+        """Count a message this app's worker took off its queue (the drain rate), and
+        take its place back from its tenant (`celery_floodgate.tenants`)."""
         if sender is None or sender.app is not self.app or request is None:
             return
-        queue = (request.delivery_info or {}).get("routing_key")
-        if queue:
-            self.guard.meter.counter.add(queue)
+        info = request.delivery_info or {}
+        queue = info.get("routing_key")
+        if not queue:
+            return
+        self.guard.meter.counter.add(queue)
+        tenancy = tenancy_of(self.guard)
+        # A message received again was taken back at its first receipt.
+        if tenancy is not None and not info.get("redelivered"):
+            headers = request.request_dict  # the message's headers, Celery's and ours
+            epoch = epoch_of(headers)
+            if epoch is not None:
+                tenancy.consumed(queue, headers.get(TENANT_HEADER) or DEFAULT_TENANT, epoch)
 
     def watch_backlog(self, sender: Any = None, **_: Any) -> None:
         """Mark backlogged seconds of this worker's queues, report its prefetch window,
-        and name any queue it consumes that has no limit."""
+        reconcile tenant counts with the depths read, and name any queue it consumes
+        that has no limit."""
         app, guard = self.app, self.guard
         if sender is None or sender.app is not app:
             return
@@ -46,7 +60,11 @@ class Receivers:
                       "install(limits=...), or name it in unbounded=",
                       ", ".join(map(repr, unlimited)), "has" if len(unlimited) == 1 else "have")
         window = getattr(getattr(sender, "qos", None), "value", None) or sender.initial_prefetch_count
-        guard.meter.counter.watch([q for q in guard.limits if q in consumed], DepthReader(app),
+        depth: Callable[[str], int | None] = DepthReader(app)
+        tenancy = tenancy_of(guard)
+        if tenancy is not None:  # the same once-a-second reading repairs tenant counts
+            depth = tenancy.reconciling(depth)
+        guard.meter.counter.watch([q for q in guard.limits if q in consumed], depth,
                                   worker=sender.hostname, broker=broker_id(sender.connection),
                                   window=window)
 

@@ -4,6 +4,8 @@ The queue's ``x-max-length`` with ``x-overflow: reject-publish`` (declared by
 `celery_floodgate.install`) makes RabbitMQ itself refuse the message
 past the limit, atomically for every publisher; publisher confirms carry that
 refusal back. A lost connection stays a connection error: only a nack means full.
+With fair admission (``install(..., fairness=...)``) a publish first reserves its
+tenant's place in the meter (`celery_floodgate.tenants`), and a nack gives it back.
 
 Its plain-TCP connections read ahead (`ReadAheadTCPTransport`).
 """
@@ -19,6 +21,8 @@ from amqp.transport import TCPTransport
 from kombu.transport import pyamqp
 
 from celery_floodgate.errors import BrokerUnavailable
+from celery_floodgate.fairness import identify
+from celery_floodgate.tenants import EPOCH_HEADER, tenancy_of
 from celery_floodgate.transports import guard_of
 from celery_floodgate.transports.redis import SENT_AT_HEADER
 
@@ -33,6 +37,7 @@ class Channel(pyamqp.Channel):  # type: ignore[misc]  # kombu is read as Any
         guard = guard_of(self.connection.client)
         if guard is None or (limit := guard.limit_for(routing_key)) is None:
             return super().basic_publish_confirm(*args, **kwargs)
+        headers: dict[str, Any] = {}
         if args:
             headers = args[0].properties.setdefault("application_headers", {})
             guard.check_eta(routing_key, headers.get("eta"))
@@ -40,17 +45,34 @@ class Channel(pyamqp.Channel):  # type: ignore[misc]  # kombu is read as Any
         # A blocked broker (memory or disk alarm) never confirms: time out instead of hanging.
         if not kwargs.get("confirm_timeout"):
             kwargs["confirm_timeout"] = guard.publish_timeout_s
+        tenancy = tenancy_of(guard)
+        if tenancy is None:
+            tenant = criticality = None
+            epoch = None
+        else:  # the broker bounds the total; the meter, each tenant's share of it
+            tenant, criticality = identify(headers)
+            bound = guard.length_bound(limit)
+            reservation = tenancy.reserve(routing_key, tenant, criticality, bound)
+            if not reservation.admit:
+                raise tenancy.refusal(routing_key, reservation, bound, tenant, criticality)
+            epoch = reservation.epoch
+            if epoch is not None:
+                headers[EPOCH_HEADER] = epoch
         try:
             result = super().basic_publish_confirm(*args, **kwargs)
         except MessageNacked:
             bound = guard.length_bound(limit)
-            raise guard.refuse(routing_key, bound, bound) from None
+            if tenancy is not None:
+                tenancy.release(routing_key, tenant, epoch)
+            raise guard.refuse(routing_key, bound, bound, tenant=tenant,
+                               criticality=criticality) from None
         except socket.timeout:
             # A blocked broker (memory alarm) reads nothing, so a polite close would
-            # hang too: drop the socket and report the broker unavailable.
+            # hang too: drop the socket and report the broker unavailable. The place
+            # stays reserved: the message may have landed (reconcile repairs it if not).
             self.connection.collect()
             raise BrokerUnavailable(routing_key, "the broker did not confirm in time") from None
-        guard.admitted(routing_key)
+        guard.admitted(routing_key, tenant, criticality)
         return result
 
 

@@ -9,8 +9,9 @@ from kombu.transport import redis as kombu_redis
 from kombu.utils.json import dumps
 
 from celery_floodgate.errors import BrokerUnavailable
+from celery_floodgate.fairness import identify
 from celery_floodgate.limits import RETRY_AFTER_MAX_S
-from celery_floodgate.transports import LuaScript, broker_id, guard_of
+from celery_floodgate.transports import LuaScript, broker_id, guard_of, redis_fair
 from celery_floodgate.transports.redis_consume import BatchConsume
 
 if TYPE_CHECKING:
@@ -41,6 +42,9 @@ class Admission:
         channel: Any = self
         lists = list(dict.fromkeys(channel._q_for_pri(queue, p) for p in channel.priority_steps))
         target = channel._q_for_pri(queue, channel._get_message_priority(message, reverse=False))
+        if guard.fairness is not None:
+            self._put_fair(guard, queue, message, lists, lists.index(target) + 1, bound, room)
+            return
         rate = guard.drain_rate(queue) or 0
         args = (room, lists.index(target) + 1, dumps(message), rate,
                 RETRY_AFTER_MAX_S, max(1, bound) / rate if rate else 0,
@@ -54,6 +58,19 @@ class Admission:
             raise guard.refuse(queue, int(reply[1]) + bound - room, bound,
                                wait_s=wait_s if wait_s >= 0 else None)
         guard.admitted(queue)
+
+    def _put_fair(self, guard: Guard, queue: str, message: dict[str, Any], lists: list[str],
+                  index: int, bound: int, room: int) -> None:
+        """`_put` with shares and classes (`celery_floodgate.fairness`)."""
+        tenant, criticality = identify(message["headers"])
+        try:
+            reply = redis_fair.admit(guard, self._admit_client(guard), queue, lists, bound, room,
+                                     tenant, criticality, [(index, dumps(message))])
+        except redis.TimeoutError as exc:
+            raise BrokerUnavailable(queue, f"the broker did not answer in time: {exc}") from None
+        if not reply.admitted:
+            raise redis_fair.refusal(guard, queue, reply, bound, room, tenant, criticality)
+        guard.admitted(queue, tenant, criticality)
 
     def broker_id(self) -> str:
         """Which broker this is (password masked): prefetch windows are counted per broker."""

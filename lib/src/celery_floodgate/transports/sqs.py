@@ -12,6 +12,9 @@ keeps the count itself, in the meter's Redis:
   leaves the set. Removing an id is idempotent, so a message delivered twice (SQS is
   at least once; a visibility timeout that ran out; a worker that died) and deleted
   twice counts down once; a redelivery is no new admission, so nothing double counts.
+* **Tenants** (``install(..., fairness=...)``): before the admission, the tenant's
+  place is reserved in the meter (`celery_floodgate.tenants`); a refused admission or
+  a failed send gives it back.
 * **Reconcile** (`Reconciler`, a daemon thread of any process that sends, one
   process per queue and interval fleet-wide): compares the set with SQS's count
   (visible + in flight + delayed) and repairs drift: ids whose message is gone (a
@@ -44,7 +47,9 @@ from botocore.exceptions import (
 from kombu.transport import SQS as kombu_sqs
 
 from celery_floodgate.errors import BrokerUnavailable
+from celery_floodgate.fairness import identify
 from celery_floodgate.limits import RETRY_AFTER_MAX_S
+from celery_floodgate.tenants import EPOCH_HEADER, tenancy_of
 from celery_floodgate.transports import LuaScript, guard_of
 from celery_floodgate.transports.redis import SENT_AT_HEADER
 
@@ -107,28 +112,46 @@ class Channel(kombu_sqs.Channel):  # type: ignore[misc]  # kombu is read as Any
         queue_url = self._new_queue(queue)
         key = admitted_key(guard, queue_url)
         bound = guard.length_bound(limit)
+        tenancy = tenancy_of(guard)
+        tenant = criticality = None
+        epoch = None
+        if tenancy is not None:  # the admission set bounds the total; the meter, each share
+            tenant, criticality = identify(headers)
+            reservation = tenancy.reserve(queue, tenant, criticality, bound)
+            if not reservation.admit:
+                raise tenancy.refusal(queue, reservation, bound, tenant, criticality)
+            epoch = reservation.epoch
+            if epoch is not None:
+                headers[EPOCH_HEADER] = epoch
         rate = guard.drain_rate(queue) or 0
         args = (bound, admit_id, rate, RETRY_AFTER_MAX_S, max(1, bound) / rate if rate else 0,
                 guard.pending_tickets(queue))
         try:
             reply = ADMIT(client, [key, guard.meter.keys.ticket(queue)], args)
         except redis.RedisError as exc:
+            if tenancy is not None:
+                tenancy.release(queue, tenant, epoch)
             raise BrokerUnavailable(
                 queue, f"the admission counter (Redis) did not answer: {exc}") from None
         self._reconciler().watch(key, queue_url, self.sqs(queue=self.canonical_queue_name(queue)),
                                  client)
         if not reply[0]:
             wait_s = float(reply[2])
+            if tenancy is not None:
+                tenancy.release(queue, tenant, epoch)
             raise guard.refuse(queue, int(reply[1]), bound,
-                               wait_s=wait_s if wait_s >= 0 else None)
+                               wait_s=wait_s if wait_s >= 0 else None, tenant=tenant,
+                               criticality=criticality)
         try:
             super()._put(queue, message, **kwargs)
         except (ClientError, EndpointConnectionError, ConnectTimeoutError):
             self._count_down(client, key, admit_id)  # SQS answered no, or was never reached
+            if tenancy is not None:
+                tenancy.release(queue, tenant, epoch)
             raise
         # Any other error (a read timeout) may follow a send SQS kept: the id stays,
         # and the reconciler takes it back out if the message never arrived.
-        guard.admitted(queue)
+        guard.admitted(queue, tenant, criticality)
 
     # -- count-down: once SQS has deleted a message ----------------------------------------
 
