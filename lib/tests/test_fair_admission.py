@@ -195,3 +195,27 @@ def test_every_answer_of_the_broker_is_the_rule_applied_to_the_queue(
         assert app._floodgate_guard.tenant_held(QUEUE) == Counter(model)
     finally:
         app.close()
+
+
+def test_a_tenants_refusals_queue_in_its_own_line_and_push_back_no_one_else(make_app) -> None:
+    import time
+
+    app = make_app(100, class_fractions={"default": 1.0})
+    guard = app._floodgate_guard
+    guard._rates[QUEUE] = (time.monotonic() + 3600, 10.0)  # as if measured: 10 msg/s
+    for _ in range(60):
+        assert submit(app, "noisy") is None
+    assert [submit(app, "polite") for _ in range(10)] == [None] * 10
+    # Each share refusal takes the next slot of noisy's own line, which moves at its part
+    # of the drain (60 of 70 waiting: about 8.6/s), so its waits grow...
+    waits = []
+    for _ in range(40):
+        full = submit(app, "noisy")
+        assert full is not None and full.reason == "share"
+        waits.append(full.retry_after_s)
+        time.sleep(0.06)  # past the in-process memory of the refusal (memo.MEMO_MAX_S)
+    assert waits[-1] >= 4 > waits[0]
+    # ...while the queue's line, where the others wait once it is full, is untouched.
+    assert [submit(app, "polite") for _ in range(30)] == [None] * 30
+    full = submit(app, "polite")
+    assert full is not None and full.reason == "full" and full.retry_after_s == 1

@@ -17,7 +17,8 @@ from config.settings import get_settings
 from tasks.demo import jobs
 from tasks.demo.db import engine
 from tasks.runtime.base import FloodgateTask
-from celery_floodgate import BrokerUnavailable, QueueFull
+from celery_floodgate import BrokerUnavailable, QueueFull, submitting_as
+from celery_floodgate.fairness import CLASS_HEADER, TENANT_HEADER
 from tasks.demo.handoff import committed_job
 from tasks.demo.notify import notify
 from tasks.demo.timeline import chunked, deliver, follower_ids, post_row
@@ -78,7 +79,11 @@ def fanout_post(self, job_id: str, post_id: int | None = None) -> dict:
     if len(chunks) <= 1:
         deliver_chunk.run(job_id, post_id, 0, chunks[0] if chunks else [])
     else:
-        _send_chunks(job_id, post_id, chunks)
+        # The chunks are the post's own work: they count against its author's share
+        # and class (celery_floodgate.fairness), as the post did.
+        with submitting_as(getattr(self.request, TENANT_HEADER, None),
+                           getattr(self.request, CLASS_HEADER, None)):
+            _send_chunks(job_id, post_id, chunks)
     return {"followers": len(ids), "chunks": len(chunks)}
 
 

@@ -57,3 +57,24 @@ def test_a_finished_job_is_not_restarted(author_with_followers):
     job_id, post_id = author_with_followers
     fanout_post.run(job_id, post_id)
     assert fanout_post.run(job_id, post_id) == {"skipped": "job already finished"}
+
+
+def test_chunks_are_submitted_as_the_posts_tenant_and_class(author_with_followers, monkeypatch):
+    """The chunks count against the author's share and class, as the post did."""
+    from celery_floodgate.fairness import identify
+    from config.settings import get_settings
+    from tasks.demo import fanout
+
+    job_id, post_id = author_with_followers
+    seen = []
+    monkeypatch.setattr(fanout, "_send_chunks", lambda *args: seen.append(identify({})))
+    monkeypatch.setenv("FANOUT_CHUNK_SIZE", "2")
+    get_settings.cache_clear()
+    fanout_post.push_request(tenant="acme", criticality="sheddable")
+    try:
+        assert fanout_post.run(job_id, post_id) == {"followers": 5, "chunks": 3}
+    finally:
+        fanout_post.pop_request()
+        monkeypatch.undo()
+        get_settings.cache_clear()
+    assert seen == [("acme", "sheddable")]
