@@ -18,10 +18,12 @@ from typing import Any
 import pytest
 
 #: The modules a user imports from, each with its own ``__all__``.
-PUBLIC_MODULES = ("celery_floodgate", "celery_floodgate.client", "celery_floodgate.metrics")
+PUBLIC_MODULES = ("celery_floodgate", "celery_floodgate.aio", "celery_floodgate.client",
+                  "celery_floodgate.metrics")
 #: What ``import celery_floodgate`` must not import: the extras' dependencies, and the
 #: application this library came out of.
-NOT_IMPORTED = ("tenacity", "httpx", "prometheus_client", "boto3", "botocore", "fastapi",
+NOT_IMPORTED = ("tenacity", "httpx", "prometheus_client", "boto3", "botocore", "aio_pika",
+                "aiormq", "fastapi",
                 "sqlalchemy", "api", "config", "tasks", "scheduler", "bench")
 
 

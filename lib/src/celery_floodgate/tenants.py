@@ -13,8 +13,8 @@ tenant holds is counted here, in one hash per queue (``t:<tenant>`` -> places):
   ``drain rate x holding / total``), in the same call.
 * **Release**: a publish the broker nacked (queue full) gives its place back.
 * **Consumed**: a worker counts what it receives (`celery_floodgate.worker`) and a
-  thread takes the places back once a second, one call per queue: no round trip per
-  message. A message received again (``redelivered``) is not taken back twice.
+  thread takes the places back every FLUSH_INTERVAL_S (a quarter second), one call per
+  queue: no round trip per message. A message received again (``redelivered``) is not taken back twice.
 * **Reconcile** (`MeterTenancy.reconcile`, fed by the worker's once-a-second depth
   reading): repairs drift against the broker's depth, by the rules stated there.
 
@@ -23,7 +23,7 @@ bumps the epoch, so places taken back late for messages counted before it are ig
 rather than taken from the messages counted after it.
 
 How far a tenant can exceed its share (the overshoot). A count is too high, which only
-refuses more, by the receipts not yet flushed (at most one second of them) and by
+refuses more, by the receipts not yet flushed (at most FLUSH_INTERVAL_S of them) and by
 places lost until reconciled (a worker killed before its flush, a purge, a consumer
 that is not a Floodgate worker). It is too low, which lets its tenant past its share,
 only by:
@@ -69,8 +69,11 @@ RELEASE = LuaScript("tenants_release.lua")
 RECONCILE = LuaScript("tenants_reconcile.lua")
 #: The header carrying the epoch of a message's reservation.
 EPOCH_HEADER = "fg_tenant_epoch"
-#: How often a process takes back the places its workers received.
-FLUSH_INTERVAL_S = 1.0
+#: How often a process takes back the places its workers received. Until then the counts
+#: run high by what was received (a second's drain can be most of a queue's limit, which
+#: refused tenants under their share: bench/RESULTS.md (g')); four calls a second per
+#: process cost the meter next to nothing.
+FLUSH_INTERVAL_S = 0.25
 #: A broker depth read by reconcile counts in reserve for this long.
 DEPTH_FRESH_S = 2.0
 
@@ -173,7 +176,7 @@ class MeterTenancy:
     def _start(self) -> None:
         with self._lock:
             if self._thread is None:
-                self._thread = threading.Thread(target=_flush_every_second,
+                self._thread = threading.Thread(target=_flush_periodically,
                                                 args=(weakref.ref(self),), daemon=True,
                                                 name="tenant-meter")
                 self._thread.start()
@@ -286,7 +289,7 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def _flush_every_second(ref: "weakref.ref[MeterTenancy]") -> None:
+def _flush_periodically(ref: "weakref.ref[MeterTenancy]") -> None:
     """Holds its tenancy only while flushing, so it ends when the guard is freed."""
     while True:
         time.sleep(FLUSH_INTERVAL_S)

@@ -5,7 +5,8 @@ header says how), checks the class's bound and the tenant's share, pushes, and d
 a refused caller's ticket in the line of what refused it (the queue's, the class's or
 the tenant's), all in one call: exact under any number of concurrent submitters, and
 one round trip, as a first-come admission. The single push (`.redis`) and the batch
-(`celery_floodgate.batch`) both call `admit`.
+(`celery_floodgate.batch`) both call `admit`; the asyncio path (`.aio_redis`) runs the
+same call, built by `admit_arguments` and read by `parse_reply`.
 
 Counts stay exact through a purge, a consumed message and a worker killed mid-batch,
 because they are read from the lists' lengths; the one transient error is a message a
@@ -50,6 +51,15 @@ def admit(guard: Guard, client: Any, queue: str, lists: list[str], bound: int, r
           tenant: str, criticality: str, messages: list[tuple[int, str]]) -> Reply:
     """Push ``messages`` ((list index from 1, payload), in order) of one tenant and class
     until the first refusal; ``room``: the bound less what workers hold prefetched."""
+    keys, args = admit_arguments(guard, queue, lists, bound, room, tenant, criticality, messages)
+    return parse_reply(ADMIT_FAIR(client, keys, args))
+
+
+def admit_arguments(guard: Guard, queue: str, lists: list[str], bound: int, room: int,
+                    tenant: str, criticality: str, messages: list[tuple[int, str]]
+                    ) -> tuple[list[str], tuple[Any, ...]]:
+    """The keys and arguments of ``admit_fair.lua`` for `admit` (and its asyncio caller,
+    `celery_floodgate.transports.aio_redis`)."""
     policy, keys = guard.fairness, guard.meter.keys
     assert policy is not None
     held = bound - room
@@ -62,10 +72,14 @@ def admit(guard: Guard, client: Any, queue: str, lists: list[str], bound: int, r
             guard.pending_tickets(queue, f"class:{criticality}"),
             guard.pending_tickets(queue, f"tenant:{tenant}"), SETS_TTL_S,
             len(policy.weights), *weighted, *(x for pair in messages for x in pair))
-    reply = ADMIT_FAIR(client, [*lists, keys.ticket(queue), keys.line(queue, f"class:{criticality}"),
-                                keys.line(queue, f"tenant:{tenant}"),
-                                *(keys.fair(name, part) for name in lists
-                                  for part in ("seq", "active", f"t:{tenant}"))], args)
+    return [*lists, keys.ticket(queue), keys.line(queue, f"class:{criticality}"),
+            keys.line(queue, f"tenant:{tenant}"),
+            *(keys.fair(name, part) for name in lists
+              for part in ("seq", "active", f"t:{tenant}"))], args
+
+
+def parse_reply(reply: Any) -> Reply:
+    """``admit_fair.lua``'s reply."""
     wait = reply[2].decode() if isinstance(reply[2], bytes) else str(reply[2])
     reason = reply[3].decode() if isinstance(reply[3], bytes) else str(reply[3])
     return Reply(int(reply[0]), int(reply[1]), float(wait) if wait not in ("", "-1") else None,

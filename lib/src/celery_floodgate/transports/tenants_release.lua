@@ -1,5 +1,5 @@
 -- Take places back from tenants' counts (lib/src/celery_floodgate/tenants.py): a
--- reservation whose publish failed, or messages workers received (flushed once a second).
+-- reservation whose publish failed, or messages workers received (flushed every quarter second).
 -- KEYS[1]: the queue's tenant hash (fields: tenants_reserve.lua).
 -- ARGV: consumed (1: workers received them, 0: a reservation undone), then triples
 --   (tenant, epoch of the reservation, n).
