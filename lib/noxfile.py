@@ -55,7 +55,7 @@ CELERY = {
 CELERY_OLDEST, CELERY_NEWEST = min(CELERY), max(CELERY)
 #: boto3: kombu's SQS transport imports it; tests/test_private_api.py checks that transport too.
 TEST_DEPS = ("pytest>=8", "pytest-timeout>=2.3", "hypothesis>=6.100", "boto3")
-EXTRAS = "prometheus,client"
+EXTRAS = "prometheus,client,asyncio"
 
 nox.options.envdir = os.environ.get(
     "FLOODGATE_NOX_ENVDIR", str(Path.home() / ".cache" / "celery-floodgate" / "nox"))

@@ -62,9 +62,9 @@ def test_sigterm_finishes_the_running_task_hands_back_the_prefetched_ones_and_lo
     keys = [uuid.uuid4().hex for _ in range(TASKS)]
     first = workers.start(tmp_path, "first", prefetch=PREFETCH, pool=pool)
     # What the worker holds while its first task runs. Floodgate's pool on Redis holds
-    # only that task: kombu takes one message per BRPOP and the pool runs it inline,
-    # before the next BRPOP, so prefetch there is a ceiling, never a read-ahead. RabbitMQ
-    # pushes the whole window; the threads pool reads ahead on both brokers.
+    # only that task: the pool runs it inline, so nothing more is fetched until it ends
+    # (a fetch may take a batch, so the rest are sent once it runs). RabbitMQ pushes
+    # the whole window; the threads pool reads ahead on both brokers.
     held = 1 if pool is None and support.broker_kind() == "redis" else PREFETCH
     try:
         _stop_mid_batch(app, first, keys, held)
@@ -84,15 +84,16 @@ def test_sigterm_finishes_the_running_task_hands_back_the_prefetched_ones_and_lo
 
 
 def _stop_mid_batch(app, first, keys, held: int) -> None:
-    # The first task runs longer, so a test process descheduled for a moment (a busy CI
-    # machine) still finds it running with the rest held or waiting.
-    for i, k in enumerate(keys):
-        app.send_task("tests.fault_tasks.slow_effect", args=(k, FIRST_S if i == 0 else TASK_S),
-                      queue="default")
-
-    running = wait_until(lambda: [k for k in keys if counter("attempts", k)], 15,
-                         "no task started")
-    assert len(running) == 1, running
+    # The first task runs alone until it has started, and longer than the rest: a worker
+    # that fetches in batches (Floodgate's Redis channel pops up to its free prefetch
+    # slots in one call) could otherwise take several at its first fetch, and a test
+    # process descheduled for a moment (a busy CI machine) still finds it running.
+    app.send_task("tests.fault_tasks.slow_effect", args=(keys[0], FIRST_S), queue="default")
+    wait_until(lambda: counter("attempts", keys[0]), 15, "no task started")
+    for k in keys[1:]:
+        app.send_task("tests.fault_tasks.slow_effect", args=(k, TASK_S), queue="default")
+    running = [k for k in keys if counter("attempts", k)]
+    assert running == [keys[0]], running
     seen: list[tuple[int, int | None]] = []  # (ready, unacked) as polled: said if it fails
     try:
         wait_until(lambda: seen.append((ready(), held_unacked())) or seen[-1][0] == TASKS - held,
