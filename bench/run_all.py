@@ -5,6 +5,7 @@
     python -m bench.run_all --only batch,fanout,growth [--quick]
     python -m bench.run_all --only peers [--broker redis] [--peers-n 20000] [--peers-rounds 3]
     python -m bench.run_all --only auth [--auth-parts micro,app,e2e,expiry,f_ab,f_full] [--quick]
+    python -m bench.run_all --only g [--stack make-up,prod] [--quick]
 
 Defaults: experiments a, b, e on both brokers; c and d on Redis (d needs Redis).
 (f), the overload experiment through HTTP on whole stacks, runs only when asked
@@ -37,10 +38,10 @@ META = RESULTS / "meta.json"
 DEFAULT_BROKERS = {"a": ("redis", "amqp"), "b": ("redis", "amqp"), "c": ("redis",),
                    "d": ("redis",), "e": ("redis", "amqp"), "f": exp_f.DEFAULT_STACKS,
                    "batch": ("redis", "amqp"), "fanout": ("redis",), "growth": ("redis", "amqp"),
-                   "peers": ("redis", "amqp"), "auth": ("redis",)}
+                   "peers": ("redis", "amqp"), "auth": ("redis",), "g": ("make-up", "prod")}
 #: Experiments whose summaries live in bench/results/items/ and whose sections the
 #: experiment module writes (``section(result)``), appended after the generated report.
-ITEMS = ("batch", "fanout", "growth", "peers", "auth")
+ITEMS = ("batch", "fanout", "growth", "peers", "auth", "g")
 ITEM_RESULTS = RESULTS / "items"
 
 
@@ -93,6 +94,11 @@ def parse(argv=None) -> argparse.Namespace:
 
 
 def brokers_for(exp: str, choice: str | None, stacks: str | None = None) -> tuple[str, ...]:
+    if exp == "g":  # (g) runs on exp_f's stacks: make up's, and the RabbitMQ one ("prod")
+        by_broker = {"redis": ("make-up",), "amqp": ("prod",), "both": ("make-up", "prod")}
+        chosen = tuple(s.strip() for s in (stacks or "").split(",")
+                       if s.strip() in DEFAULT_BROKERS["g"])
+        return by_broker[choice] if choice else chosen or DEFAULT_BROKERS["g"]
     if exp == "f":
         chosen = tuple(s.strip() for s in (stacks or "").split(",") if s.strip())
         bad = [s for s in chosen if s not in exp_f.STACKS]
@@ -196,6 +202,11 @@ def run_auth(broker, quick, capacity, args=None):
                             f_ab_duration=given("auth_f_ab_duration", 20),
                             parts=_exp("auth").parse_parts(
                                 given("auth_parts", "micro,app,e2e,expiry,f_ab,f_full")))
+
+
+def run_g(stack, quick, capacity, args=None):
+    g = _exp("g")
+    return g.run(stack, g.parse(["--quick"] if quick else []))
 
 
 RUNNERS = {"a": run_a, "b": run_b, "c": run_c, "d": run_d, "e": run_e, "f": run_f,

@@ -194,6 +194,6 @@ def mypy(session: nox.Session) -> None:
     project = tomllib.loads((LIB / "pyproject.toml").read_text())["project"]
     extras = project["optional-dependencies"]
     session.install("mypy>=1.10", *project["dependencies"],
-                    *extras["prometheus"], *extras["client"], "boto3")
+                    *extras["prometheus"], *extras["client"], *extras["asyncio"], "boto3")
     session.chdir(LIB)
     session.run("mypy")  # files and --strict: lib/pyproject.toml (posargs are pytest's)

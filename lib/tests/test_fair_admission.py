@@ -208,6 +208,14 @@ def test_a_tenants_refusals_queue_in_its_own_line_and_push_back_no_one_else(make
     assert [submit(app, "polite") for _ in range(10)] == [None] * 10
     # Each share refusal takes the next slot of noisy's own line, which moves at its part
     # of the drain (60 of 70 waiting: about 8.6/s), so its waits grow...
+    full = submit(app, "noisy")
+    assert full is not None and full.reason == "share"
+    # Remembered in-process for a moment, for noisy alone, as the same refusal.
+    again = guard.recent_refusal(QUEUE, "noisy", "default")
+    if again is not None:  # None only if this machine stalled past memo.MEMO_MAX_S
+        assert (again.reason, again.share, again.tenant) == ("share", 50, "noisy")
+    assert guard.recent_refusal(QUEUE, "polite", "default") is None
+    time.sleep(0.06)
     waits = []
     for _ in range(40):
         full = submit(app, "noisy")

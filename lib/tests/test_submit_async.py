@@ -21,7 +21,9 @@ from conftest import PREFIX, broker_kind, broker_url, meter_url, reset_broker, t
 
 LIMIT = 20
 #: Differ between two sends of the same call by nature: ids, and when it was sent.
-IDS = {"id", "root_id", "correlation_id", "delivery_tag", "message_id"}
+# reply_to is the sending thread's id (app.thread_oid): a pool thread's when the message is
+# sent by Celery itself (Celery before celery_floodgate.aio.NATIVE_SINCE).
+IDS = {"id", "root_id", "correlation_id", "delivery_tag", "message_id", "reply_to"}
 TIMES = {"eta", "expires", "fg_sent_at"}
 
 
@@ -281,3 +283,31 @@ def test_fair_admission_through_submit_async_refuses_as_the_threaded_path(fair) 
     client = redis.Redis.from_url(broker_url())
     tenants = [json.loads(raw)["headers"]["tenant"] for raw in client.lrange(FAIR_QUEUE, 0, -1)]
     assert len(tenants) == depth(app, FAIR_QUEUE) == sum(o is None for o in threaded)
+
+
+def test_what_is_sent_through_celery_in_a_thread_keeps_the_callers_context(
+        project, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fallback pool (here forced: a Celery the async path does not follow) runs the
+    send in the caller's context, so its tenant and class go with it."""
+    from celery import signals
+
+    from celery_floodgate import aio
+    from celery_floodgate.fairness import identify, submitting_as
+
+    monkeypatch.setattr(aio, "NATIVE_SINCE", (99, 0))
+    seen: list[tuple[str, str]] = []
+
+    def receiver(**_: Any) -> None:
+        seen.append(identify({}))
+
+    async def submit() -> Any:
+        with submitting_as("ann", "sheddable"):
+            return await submit_async(project.app, "tasks.add", (1, 2))
+
+    signals.before_task_publish.connect(receiver, weak=False)
+    try:
+        task_id = run(project.app, submit).id
+    finally:
+        signals.before_task_publish.disconnect(receiver)
+    assert seen == [("ann", "sheddable")]
+    assert take_queued_ids(project.app, "bounded") == [task_id]

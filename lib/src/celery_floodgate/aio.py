@@ -33,12 +33,14 @@ the app's own (blocking) connection, once, in a thread, as Celery declares it on
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 import weakref
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, TypeVar
 
+import celery
 from celery.utils import uuid
 
 from celery_floodgate.aio_message import Fallback, Outgoing, prepare, published, result_of
@@ -54,6 +56,9 @@ __all__ = ["FALLBACK_THREADS", "close_async", "submit_async", "submit_many_async
 
 FALLBACK_THREADS = 8
 """Threads that send what the async path does not follow (SQS among them) through Celery."""
+#: The Celery release whose ``send_task`` the async path follows to the byte
+#: (`celery_floodgate.aio_message`); an older one sends through Celery in the pool.
+NATIVE_SINCE = (5, 7)
 
 T = TypeVar("T")
 _executor: ThreadPoolExecutor | None = None
@@ -95,6 +100,9 @@ class _State:
 
 
 async def _publisher(app: Any, guard: Guard) -> Any:
+    if NATIVE_SINCE > _celery_version():
+        raise Fallback(f"Celery {celery.__version__}: the async path builds the message as "
+                       "Celery {}.{} does".format(*NATIVE_SINCE))
     if str(app.conf.result_backend or "").startswith("rpc"):
         raise Fallback("the rpc:// result backend declares its reply queue per send")
     if guard.broker_kind == "redis":
@@ -142,8 +150,24 @@ def _pool() -> ThreadPoolExecutor:
 
 
 async def _in_thread(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """``fn`` in the pool. A thread cannot be stopped, so a cancel waits for its answer
+    as the native path does: a message it enqueued is returned, never lost track of."""
     loop = asyncio.get_running_loop()
-    return await loop.run_in_executor(_pool(), functools.partial(fn, *args, **kwargs))
+    # The caller's context goes along: the tenant and class (fairness.submitting_as).
+    call = functools.partial(contextvars.copy_context().run, fn, *args, **kwargs)
+    future = loop.run_in_executor(_pool(), call)
+    try:
+        return await asyncio.shield(future)
+    except asyncio.CancelledError:
+        try:
+            return await future
+        except Exception:  # refused or failed: nothing was enqueued, so the cancel stands
+            raise asyncio.CancelledError from None
+
+
+def _celery_version() -> tuple[int, int]:
+    major, minor = celery.__version__.split(".")[:2]
+    return int(major), int(minor)
 
 
 def _send_sync(app: Any, target: Any, args: Any, kwargs: Any, options: dict[str, Any]) -> Any:

@@ -34,8 +34,6 @@ from celery import signals
 from celery.app.task import Task
 from celery.canvas import Signature
 from celery.utils.functional import maybe_list
-from celery.utils.quorum_queues import detect_quorum_queues
-from celery.utils.time import subtract_datetimes
 from dateutil.parser import isoparse  # type: ignore[import-untyped]
 from kombu import Exchange
 from kombu.common import Broadcast
@@ -187,7 +185,7 @@ def _send_task(app: Any, name: str, args: Any = None, kwargs: Any = None,
     expires = _explicit(options, "expires", expires)
     ignore_result = options.pop("ignore_result", None)
     options = router.route(options, route_name or name, args, kwargs, task_type)
-    if (eta or countdown) and detect_quorum_queues(app, _driver(app))[0]:
+    if (eta or countdown) and _quorum_queues(app):
         queue = options.get("queue")
         if (queue.exchange.type if queue else options["exchange_type"]) != "direct":
             raise Fallback("native delayed delivery on quorum queues")
@@ -225,6 +223,13 @@ def _explicit(options: dict[str, Any], name: str, given: Any) -> Any:
     return found if given is _OMITTED else given
 
 
+def _quorum_queues(app: Any) -> bool:
+    """Celery's own test of native delayed delivery (Celery 5.5+; this path runs on 5.7+)."""
+    from celery.utils.quorum_queues import detect_quorum_queues
+
+    return bool(detect_quorum_queues(app, _driver(app))[0])
+
+
 def _driver(app: Any) -> str:
     from celery_floodgate.stats import guard_for
 
@@ -233,6 +238,8 @@ def _driver(app: Any) -> str:
 
 
 def _expires_s(app: Any, expires: Any, task_id: str) -> float:
+    from celery.utils.time import subtract_datetimes  # Celery 5.5+; this path runs on 5.7+
+
     if isinstance(expires, datetime):
         expires_s = subtract_datetimes(expires, app.now()).total_seconds()
     elif isinstance(expires, str):

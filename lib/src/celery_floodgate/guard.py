@@ -149,7 +149,7 @@ class Guard:
         if wait_s is None:
             wait_s = self.retry_after_s(queue, depth, bound)
         self.memo.remember(queue, depth, bound, wait_s, rate or self.drain_rate(queue),
-                           scope_of(reason, tenant, criticality))
+                           scope_of(reason, tenant, criticality), share)
         return self._refused(queue, depth, bound, wait_s, reason, tenant, criticality, share)
 
     def recent_refusal(self, queue: str, tenant: str | None = None,
@@ -163,9 +163,9 @@ class Guard:
         remembered = self.memo.refusal(queue, scopes_refusing(tenant, criticality))
         if remembered is None:
             return None
-        depth, bound, wait_s, scope = remembered
-        reason = fair.FULL if not scope else scope.split(":", 1)[0]
-        return self._refused(queue, depth, bound, wait_s, reason, tenant, criticality)
+        depth, bound, wait_s, scope, share = remembered
+        reason = {"tenant": fair.SHARE, "class": fair.CLASS}.get(scope.split(":", 1)[0], fair.FULL)
+        return self._refused(queue, depth, bound, wait_s, reason, tenant, criticality, share)
 
     def pending_tickets(self, queue: str, scope: str = "") -> int:
         """For a transport drawing a ticket: slots this process handed out since the last."""

@@ -42,6 +42,7 @@ class _Full:
     next_slot: float  # monotonic: the next ticket this process hands out
     interval_s: float  # 1 / drain rate
     pending: int = 0   # tickets handed out here that the shared line has not seen
+    share: int = 0     # the tenant's share, for a share refusal
 
 
 class RefusalMemo:
@@ -52,7 +53,7 @@ class RefusalMemo:
         self._lock = threading.Lock()
 
     def remember(self, queue: str, depth: int, bound: int, wait_s: float,
-                 rate: float | None, scope: str = "") -> None:
+                 rate: float | None, scope: str = "", share: int = 0) -> None:
         """The broker refused ``queue`` (for ``scope``); this caller's ticket is ``wait_s`` away.
 
         ``rate``: how fast that scope's line moves (a tenant's: its part of the drain)."""
@@ -61,11 +62,12 @@ class RefusalMemo:
         now, interval_s = time.monotonic(), 1 / rate
         with self._lock:
             self._full[(queue, scope)] = _Full(now + min(interval_s, MEMO_MAX_S), depth, bound,
-                                               now + wait_s + interval_s, interval_s)
+                                               now + wait_s + interval_s, interval_s,
+                                               share=share)
 
     def refusal(self, queue: str, scopes: tuple[str, ...] = ("",)) -> (
-            tuple[int, int, float, str] | None):
-        """(depth, bound, seconds to this caller's ticket, scope) while ``queue`` is
+            tuple[int, int, float, str, int] | None):
+        """(depth, bound, seconds to this caller's ticket, scope, share) while ``queue`` is
         remembered refused for any of ``scopes``."""
         if not self._full:  # the usual case: no lock taken
             return None
@@ -77,7 +79,7 @@ class RefusalMemo:
             with self._lock:
                 slot = max(full.next_slot, now + full.interval_s)
                 full.next_slot, full.pending = slot + full.interval_s, full.pending + 1
-                return full.depth, full.bound, slot - now, scope
+                return full.depth, full.bound, slot - now, scope, full.share
         return None
 
     def admitted(self, queue: str, scopes: tuple[str, ...] = ("",)) -> None:

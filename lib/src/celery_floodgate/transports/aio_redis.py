@@ -134,10 +134,13 @@ def make_client(settings: RedisSettings, timeout_s: float) -> aredis.Redis:
 async def run_script(script: LuaScript, client: aredis.Redis, keys: list[str],
                      args: tuple[Any, ...]) -> Any:
     """`LuaScript.__call__`, awaited."""
+    # Typed as Any: redis-py's stubs call these sync-or-async, differently by release.
+    call: Any = client.evalsha
     try:
-        return await client.evalsha(script.sha, len(keys), *keys, *args)  # type: ignore[misc]
+        return await call(script.sha, len(keys), *keys, *args)
     except NoScriptError:
-        return await client.eval(script.text, len(keys), *keys, *args)  # type: ignore[misc]
+        call = client.eval
+        return await call(script.text, len(keys), *keys, *args)
 
 
 async def to_the_end(awaitable: Awaitable[T]) -> tuple[T, bool]:
