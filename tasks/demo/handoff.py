@@ -213,7 +213,7 @@ def fence_or_find_many(conn, job_ids: list[str]) -> list[dict] | None:
     return [{"post_id": rows[j].post_id} for j in job_ids]
 
 
-def cause_of(exc: SQLAlchemyError) -> str:
+def cause_of(exc: Exception) -> str:
     """The driver's error in one line, for the log (StoreFailed.cause)."""
     return f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}" if str(exc) else (
         type(exc).__name__)

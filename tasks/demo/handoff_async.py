@@ -23,6 +23,9 @@ from tasks.demo.db import async_engine
 from tasks.demo.errors import StoreFailed
 from tasks.demo.handoff import FANOUT, FANOUT_TASK
 
+#: What a failed store raises: asyncpg's connect lets the socket's OSError through unwrapped.
+DB_ERRORS = (SQLAlchemyError, OSError)
+
 
 async def admit(tenant: str | None = None, criticality: str | None = None) -> str:
     """Step 1: publish the fan-out of a post not yet stored, as ``tenant`` and
@@ -48,7 +51,7 @@ async def store(author_id: int, text: str, job_id: str) -> dict:
             else:
                 async with conn.begin():
                     post_id = await conn.run_sync(handoff.store_rows, author_id, text, job_id)
-    except SQLAlchemyError as exc:
+    except DB_ERRORS as exc:
         return await _recovered(handoff.fence_or_find, job_id, job_id, exc)
     return {"post_id": post_id, "job_id": job_id}
 
@@ -69,18 +72,18 @@ async def publish_then_store_many(items: list[tuple[int, str]], tenant: str | No
     try:
         async with async_engine().begin() as conn:
             stored = await conn.run_sync(handoff.store_many_rows, *chosen)
-    except SQLAlchemyError as exc:
+    except DB_ERRORS as exc:
         stored = await _recovered(handoff.fence_or_find_many, chosen[1], chosen[1][0], exc)
     return handoff.filled_in(out, admitted, stored, job_ids)
 
 
-async def _recovered(fence_or_find, ids, job_id: str, exc: SQLAlchemyError):
+async def _recovered(fence_or_find, ids, job_id: str, exc: Exception):
     """The store failed: fence ``ids`` (StoreFailed, nothing kept), or find them committed
     after all; StoreFailed(fenced=False) when even that fails."""
     try:
         async with async_engine().begin() as conn:
             found = await conn.run_sync(fence_or_find, ids)
-    except SQLAlchemyError:
+    except DB_ERRORS:
         raise StoreFailed(job_id, handoff.cause_of(exc), fenced=False) from exc
     if found is None:
         raise StoreFailed(job_id, handoff.cause_of(exc), fenced=True) from exc

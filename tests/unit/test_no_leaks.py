@@ -35,6 +35,17 @@ def test_a_database_that_is_down_is_named_without_its_driver_text(client, user, 
     assert_words_only(client.get("/keys", headers=user), "the database is unreachable")
 
 
+def test_a_database_down_after_admission_is_named_without_its_driver_text(client, user,
+                                                                         monkeypatch):
+    """The async path's store: asyncpg lets a refused connection through as a bare OSError."""
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    dead = create_async_engine("postgresql+asyncpg://sekrit-user:sekrit-pass@127.0.0.1:1/db")
+    monkeypatch.setattr("tasks.demo.handoff_async.async_engine", lambda: dead)
+    response = client.post("/posts", json={"text": "hi"}, headers=user)
+    assert_words_only(response, "the database did not store job")
+
+
 def test_a_broker_that_is_down_is_named_without_its_driver_text(client, user, monkeypatch,
                                                               submit_path):
     from kombu.exceptions import OperationalError
