@@ -14,11 +14,13 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 
 from api.limits import BodySizeLimit
 from api.routes import aggregates, jobs, ops, posts, users
+from config import app as celery_app
 from config.logging import configure_api_logging
 from config.secrets import masked_url
 from config.settings import get_settings
-from tasks.demo.db import check_schema, engine
+from tasks.demo.db import async_engine, check_schema, close_async_engine, engine
 from celery_floodgate import BrokerUnavailable, QueueFull
+from celery_floodgate.aio import close_async
 from tasks.demo.errors import (
     DependencyDown,
     FollowLimit,
@@ -36,7 +38,8 @@ from tasks.demo.errors import (
 log = logging.getLogger("floodgate.api")
 settings = get_settings()
 settings.require_api_secrets()  # fail fast: the API cannot check a key without them
-# The event loop answers refusals; threads store accepted posts. CPython hands the GIL
+# The event loop answers refusals; with API_SUBMIT_PATH=threads, threads store accepted
+# posts (and auth's key lookups run in threads on both paths). CPython hands the GIL
 # over every 5 ms by default, so a refusal could wait that long behind a thread running
 # Python code: 1 ms keeps a refusal's answer prompt (bench (f): 503 p99).
 sys.setswitchinterval(0.001)
@@ -47,6 +50,8 @@ configure_api_logging()
 @asynccontextmanager
 async def lifespan(_: FastAPI):
     check_schema(engine())  # fails fast: database unreachable, or its schema not the code's
+    if settings.api_submit_path == "async":
+        async_engine()  # its driver's modules loaded now, so frozen below with the rest
     # Everything loaded so far (FastAPI, SQLAlchemy, Celery, kombu: about a million
     # objects) lives as long as the process. Left to the collector, each full collection
     # walked them all, an 80 ms stop every few seconds under overload: the p99 of every
@@ -54,6 +59,8 @@ async def lifespan(_: FastAPI):
     gc.collect()
     gc.freeze()
     yield
+    await close_async(celery_app)  # API_SUBMIT_PATH=async: this loop's broker connections
+    await close_async_engine()  # ... and its database pool
 
 
 app = FastAPI(

@@ -139,11 +139,25 @@ class Settings(BaseSettings):
         "before fencing it as abandoned (tasks/demo/handoff.py)",
     )
     max_body_bytes: int = Field(default=64 * 1024, ge=1024)
+    api_submit_path: Literal["async", "threads"] = Field(
+        default="async",
+        description="how POST /posts and POST /posts:batch admit and store: async awaits "
+        "the guarded publish (celery_floodgate.aio) and the database (asyncpg, aiosqlite) on "
+        "the event loop, with no thread; threads runs Celery's publish and the blocking "
+        "driver in API_STORE_THREADS threads (to compare the two, bench (f))")
     api_store_threads: int = Field(
         default=4, ge=1, le=64,
-        description="threads per API process that publish posts at once, and as many that "
-        "store them; more only contend for the GIL (api/routes/posts.py)",
+        description="API_SUBMIT_PATH=threads: threads per API process that publish posts at "
+        "once, and as many that store them; more only contend for the GIL (api/threaded.py)",
     )
+    api_db_pool_size: int = Field(
+        default=10, ge=1, le=1000,
+        description="API_SUBMIT_PATH=async: database connections each API process keeps "
+        "open for posts; a post waits for a free one")
+    api_db_pool_overflow: int = Field(
+        default=10, ge=0, le=1000,
+        description="API_SUBMIT_PATH=async: connections opened past API_DB_POOL_SIZE under "
+        "load, closed again when returned")
     task_soft_time_limit_s: int = Field(default=240, ge=1)
     task_time_limit_s: int = Field(default=300, ge=2)
     redis_visibility_timeout_s: int | None = Field(

@@ -1,20 +1,20 @@
 from __future__ import annotations
 
-import asyncio
 import functools
-import weakref
 
 from fastapi import APIRouter, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
+from api import threaded
 from api.auth import CurrentUser, Principal, user_key
 from api.deps import json_body
 from api.schemas import PostAccepted, PostIn, PostsBatchIn, PostsBatchResult
 from config.settings import get_settings
 from celery_floodgate import guard_for
+from tasks.demo import handoff_async
 from tasks.demo.errors import Forbidden
-from tasks.demo.handoff import FANOUT, admit, publish_then_store_many, store
+from tasks.demo.handoff import FANOUT, publish_then_store_many
 
 router = APIRouter(tags=["posts"])
 
@@ -38,7 +38,8 @@ async def post_post(request: Request, response: Response) -> dict:
     behind; a 202 is sent after the post and its job are committed
     (tasks/demo/handoff.py says why that is safe). While the broker's last refusal
     holds (lib/src/celery_floodgate/memo.py), a post is refused right here, without a
-    thread or a round trip; a few threads at a time publish, and a few store (``slots``).
+    round trip. Both steps are awaited on the event loop (tasks/demo/handoff_async.py),
+    or with API_SUBMIT_PATH=threads run in a few threads (api/threaded.py).
 
     The key check and the body's validation are called here rather than declared as
     ``me: CurrentUser`` and ``body: PostIn``, in the same order FastAPI would run them:
@@ -50,14 +51,15 @@ async def post_post(request: Request, response: Response) -> dict:
     """
     me = await user_key(request)
     body = await json_body(request, PostIn)
-    tenant = allowed_tenant(me, body.criticality)
-    refuse_if_remembered(tenant, body.criticality)
-    async with slots("admit"):
-        # again: the broker may have refused while this waited
-        refuse_if_remembered(tenant, body.criticality)
-        job_id = await run_in_threadpool(admit, tenant, body.criticality)
-    async with slots("store"):
-        accepted = await run_in_threadpool(store, me.user_id, body.text, job_id)
+    tenant, criticality = allowed_tenant(me, body.criticality), body.criticality
+    refuse_if_remembered(tenant, criticality)
+    if get_settings().api_submit_path == "async":
+        job_id = await handoff_async.admit(tenant, criticality)
+        accepted = await handoff_async.store(me.user_id, body.text, job_id)
+    else:
+        accepted = await threaded.accept_post(
+            me.user_id, body.text, tenant, criticality,
+            lambda: refuse_if_remembered(tenant, criticality))
     status_url = f"/jobs/{accepted['job_id']}"
     response.headers["Location"] = status_url
     return {**accepted, "status_url": status_url}
@@ -81,27 +83,6 @@ def refuse_if_remembered(tenant: str, criticality: str) -> None:
         raise full
 
 
-_slots: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-def slots(step: str) -> asyncio.Semaphore:
-    """A few threads at a time admit (publish), and a few store; the other requests wait
-    on the event loop.
-
-    Each of those threads gives the GIL up at every round trip and waits for it again
-    behind every other runnable thread and the event loop, so forty threads (Starlette's
-    default) made each post's handful of round trips take hundreds of milliseconds
-    under overload, and refusals answered from threads with them (bench (f)). Admission
-    has slots of its own, so that a refusal never waits behind the posts being stored.
-    """
-    loop = asyncio.get_running_loop()  # a semaphore belongs to one event loop
-    per_loop = _slots.get(loop)
-    if per_loop is None:
-        n = get_settings().api_store_threads
-        per_loop = _slots[loop] = {"admit": asyncio.Semaphore(n), "store": asyncio.Semaphore(n)}
-    return per_loop[step]
-
-
 @functools.cache
 def fanout_guard():
     from config import app
@@ -118,7 +99,7 @@ def fanout_guard():
                422: {"description": "an empty list, too many posts, or a bad item (named)"},
                503: {"description": "every post refused, or broker or database down"}},
 )
-def post_posts_batch(body: PostsBatchIn, me: CurrentUser, response: Response):
+async def post_posts_batch(body: PostsBatchIn, me: CurrentUser, response: Response):
     """Queue many of the caller's posts' fan-outs in one batch publish, then store the
     admitted ones.
 
@@ -129,8 +110,12 @@ def post_posts_batch(body: PostsBatchIn, me: CurrentUser, response: Response):
     is admitted as the caller and the batch's ``criticality``, as ``POST /posts``.
     """
     tenant = allowed_tenant(me, body.criticality)
-    outcome = publish_then_store_many([(me.user_id, p.text) for p in body.posts],
-                                      tenant=tenant, criticality=body.criticality)
+    items = [(me.user_id, p.text) for p in body.posts]
+    if get_settings().api_submit_path == "async":
+        outcome = await handoff_async.publish_then_store_many(items, tenant, body.criticality)
+    else:
+        outcome = await run_in_threadpool(publish_then_store_many, items, tenant,
+                                          body.criticality)
     results, retry_after = [], None
     for i, item in enumerate(outcome):
         full = item.get("refused")

@@ -99,16 +99,27 @@ def store(author_id: int, text: str, job_id: str) -> dict:
 def store_post_and_job(author_id: int, text: str, job_id: str) -> int:
     """The post, its author's timeline entry and its job, all or nothing; the post's id.
 
-    On PostgreSQL one statement (the inserts as CTEs) in autocommit: one round trip
+    On PostgreSQL one statement (:func:`post_and_job`) in autocommit: one round trip
     where a transaction takes five, each of which a thread of the API waits for the
-    GIL again after (bench (f)). Elsewhere, one transaction of three inserts.
+    GIL again after (bench (f)). Elsewhere, one transaction (:func:`store_rows`).
     """
     eng = engine()
     if eng.dialect.name != "postgresql":
         with eng.begin() as conn:
-            post = insert_post(conn, author_id, text)
-            jobs.create_job(conn, job_id, FANOUT, post["post_id"])
-        return post["post_id"]
+            return store_rows(conn, author_id, text, job_id)
+    with _autocommit(eng).connect() as conn:
+        return conn.execute(post_and_job(author_id, text, job_id)).scalar_one()
+
+
+def store_rows(conn, author_id: int, text: str, job_id: str) -> int:
+    """The post, its timeline entry and its job in ``conn``'s transaction; the post's id."""
+    post = insert_post(conn, author_id, text)
+    jobs.create_job(conn, job_id, FANOUT, post["post_id"])
+    return post["post_id"]
+
+
+def post_and_job(author_id: int, text: str, job_id: str):
+    """PostgreSQL: the three inserts as one statement (CTEs) answering the post's id."""
     now = time.time()
     post = posts.insert().values(author_id=author_id, text=text, created_at=now).returning(
         posts.c.id).cte("post")
@@ -119,8 +130,7 @@ def store_post_and_job(author_id: int, text: str, job_id: str) -> int:
         ["id", "kind", "post_id", "state", "created_at", "updated_at"],
         select(literal(job_id), literal(FANOUT), post.c.id, literal(jobs.QUEUED), literal(now),
                literal(now))).cte("job")
-    with _autocommit(eng).connect() as conn:
-        return conn.execute(select(post.c.id).add_cte(entry).add_cte(job)).scalar_one()
+    return select(post.c.id).add_cte(entry).add_cte(job)
 
 
 @functools.cache
@@ -143,37 +153,70 @@ def publish_then_store_many(items: list[tuple[int, str]], tenant: str | None = N
     with submitting_as(tenant, criticality):
         batch = submit_many(submit_module.app, FANOUT_TASK, [(j,) for j in job_ids],
                             task_ids=job_ids)
-    out: list[dict] = [{} for _ in items]
-    for index, full in batch.refused:
-        out[index] = {"refused": full}
-    admitted = batch.accepted_indexes()
+    out, admitted = sorted_out(batch, len(items))
     if not admitted:
         return out
+    chosen = [items[i] for i in admitted], [job_ids[i] for i in admitted]
     try:
         with engine().begin() as conn:
-            stored = _insert_posts(conn, [items[i] for i in admitted])
-            _create_jobs(conn, [(job_ids[i], p["post_id"]) for i, p in zip(admitted, stored)])
+            stored = store_many_rows(conn, *chosen)
     except SQLAlchemyError as exc:
-        stored = _recover_many([job_ids[i] for i in admitted], exc)
+        stored = _recover_many(chosen[1], exc)
+    return filled_in(out, admitted, stored, job_ids)
+
+
+def sorted_out(batch, n: int) -> tuple[list[dict], list[int]]:
+    """One dict per item (``{"refused": QueueFull}`` for the refused), and the indexes of
+    the admitted ones, in order."""
+    out: list[dict] = [{} for _ in range(n)]
+    for index, full in batch.refused:
+        out[index] = {"refused": full}
+    return out, batch.accepted_indexes()
+
+
+def filled_in(out: list[dict], admitted: list[int], stored: list[dict],
+              job_ids: list[str]) -> list[dict]:
     for i, post in zip(admitted, stored):
         out[i] = {"post_id": post["post_id"], "job_id": job_ids[i]}
     return out
 
 
+def store_many_rows(conn, items: list[tuple[int, str]], job_ids: list[str]) -> list[dict]:
+    """The admitted posts, their timeline entries and their jobs in ``conn``'s transaction."""
+    stored = _insert_posts(conn, items)
+    _create_jobs(conn, [(j, p["post_id"]) for j, p in zip(job_ids, stored)])
+    return stored
+
+
 def _recover_many(job_ids: list[str], exc: SQLAlchemyError) -> list[dict]:
     """The batch's one transaction failed: fence its ids, or find it committed after all."""
-    cause = f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}" if str(exc) else type(exc).__name__
     try:
         with engine().begin() as conn:
-            fenced = [jobs.fence(conn, j, FANOUT) for j in job_ids]
-            if not any(fenced):  # every row is there: committed, only the answer was lost
-                rows = {r.id: r for r in conn.execute(
-                    select(jobs_table).where(jobs_table.c.id.in_(job_ids)))}
-                if all(rows[j].state != jobs.ABANDONED for j in job_ids):
-                    return [{"post_id": rows[j].post_id} for j in job_ids]
+            found = fence_or_find_many(conn, job_ids)
     except SQLAlchemyError:
-        raise StoreFailed(job_ids[0], cause, fenced=False) from exc
-    raise StoreFailed(job_ids[0], cause, fenced=True) from exc
+        raise StoreFailed(job_ids[0], cause_of(exc), fenced=False) from exc
+    if found is None:
+        raise StoreFailed(job_ids[0], cause_of(exc), fenced=True) from exc
+    return found
+
+
+def fence_or_find_many(conn, job_ids: list[str]) -> list[dict] | None:
+    """Fence every id; None when any was fenced (so nothing was kept), the stored posts
+    when every row was there (committed; only the answer was lost)."""
+    fenced = [jobs.fence(conn, j, FANOUT) for j in job_ids]
+    if any(fenced):
+        return None
+    rows = {r.id: r for r in conn.execute(
+        select(jobs_table).where(jobs_table.c.id.in_(job_ids)))}
+    if any(rows[j].state == jobs.ABANDONED for j in job_ids):
+        return None
+    return [{"post_id": rows[j].post_id} for j in job_ids]
+
+
+def cause_of(exc: Exception) -> str:
+    """The driver's error in one line, for the log (StoreFailed.cause)."""
+    return f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}" if str(exc) else (
+        type(exc).__name__)
 
 
 def _insert_posts(conn, items: list[tuple[int, str]]) -> list[dict]:
@@ -197,16 +240,23 @@ def _create_jobs(conn, rows: list[tuple[str, int]]) -> None:
 
 
 def _recover(job_id: str, exc: SQLAlchemyError) -> dict:
-    cause = f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}" if str(exc) else type(exc).__name__
     try:
         with engine().begin() as conn:
-            if not jobs.fence(conn, job_id, FANOUT):
-                row = jobs.find(conn, job_id)
-                if row.state != jobs.ABANDONED:  # committed; only the answer was lost
-                    return {"post_id": row.post_id, "job_id": job_id}
+            found = fence_or_find(conn, job_id)
     except SQLAlchemyError:
-        raise StoreFailed(job_id, cause, fenced=False) from exc
-    raise StoreFailed(job_id, cause, fenced=True) from exc
+        raise StoreFailed(job_id, cause_of(exc), fenced=False) from exc
+    if found is None:
+        raise StoreFailed(job_id, cause_of(exc), fenced=True) from exc
+    return found
+
+
+def fence_or_find(conn, job_id: str) -> dict | None:
+    """After a failed store: fence the id (None: nothing was kept), or find the job
+    committed after all (only the answer was lost): its post_id and job_id."""
+    if jobs.fence(conn, job_id, FANOUT):
+        return None
+    row = jobs.find(conn, job_id)
+    return None if row.state == jobs.ABANDONED else {"post_id": row.post_id, "job_id": job_id}
 
 
 def committed_job(job_id: str, kind: str, grace_s: float):

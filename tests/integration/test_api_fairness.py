@@ -67,7 +67,7 @@ def assert_refused(answer: httpx.Response, reason: str) -> dict:
 
 
 def test_a_noisy_user_is_refused_at_its_share_while_another_is_admitted_to_the_class_bound(
-        tmp_path):
+        tmp_path, submit_path):
     with running_api(tmp_path) as http:
         polite, noisy = signup(http, "polite"), signup(http, "noisy")
         assert post(http, polite).status_code == 202
@@ -132,7 +132,8 @@ def test_critical_work_is_forbidden_to_users_not_granted_it_and_admitted_to_the_
         assert_refused(post(http, ops, "critical"), "full")   # never above the limit
 
 
-def test_a_batch_is_admitted_in_its_class_and_says_why_each_refused_item_was(tmp_path):
+def test_a_batch_is_admitted_in_its_class_and_says_why_each_refused_item_was(tmp_path,
+                                                                            submit_path):
     with running_api(tmp_path) as http:
         user = signup(http, "batcher")
         answer = http.post("/posts:batch", headers=user.headers, json={

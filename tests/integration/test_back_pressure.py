@@ -207,7 +207,8 @@ def test_quiet_seconds_do_not_count_as_slow_draining(idle_app):
     assert info.value.retry_after_s == RETRY_AFTER_UNMEASURED_S  # not 60 s from 1/s
 
 
-def test_a_full_queue_answers_503_with_retry_after_and_writes_nothing(api, idle_app, monkeypatch):
+def test_a_full_queue_answers_503_with_retry_after_and_writes_nothing(api, idle_app, monkeypatch,
+                                                                      submit_path):
     import tasks.demo.submit
 
     author, fans = make_following(api, followers=2)
@@ -222,6 +223,28 @@ def test_a_full_queue_answers_503_with_retry_after_and_writes_nothing(api, idle_
     assert response.json()["queue"] == "fanout" and "is full" in response.json()["detail"]
     assert (count(posts), count(timeline_entries)) == before
     assert timeline_of(api, author) == []
+    assert depth(idle_app) == LIMIT
+
+
+def test_concurrent_posts_at_the_limit_are_admitted_exactly_to_it(api, idle_app, monkeypatch,
+                                                                  submit_path):
+    """Thirty posts at once with room for five: five 202s, each stored; the rest 503s that
+    wrote nothing; the queue exactly at its limit."""
+    import tasks.demo.submit
+
+    author, _ = make_following(api, followers=1)
+    monkeypatch.setattr(tasks.demo.submit, "app", idle_app)
+    fill(idle_app, LIMIT - 5)
+    before = count(posts)
+
+    with ThreadPoolExecutor(30) as pool:
+        answers = list(pool.map(lambda i: post_as(api, author, f"race {i}"), range(30)))
+
+    codes = sorted(a.status_code for a in answers)
+    assert codes == [202] * 5 + [503] * 25, codes
+    assert count(posts) == before + 5
+    assert {p["post_id"] for p in timeline_of(api, author)} == {
+        a.json()["post_id"] for a in answers if a.status_code == 202}
     assert depth(idle_app) == LIMIT
 
 

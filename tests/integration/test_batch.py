@@ -109,7 +109,7 @@ def test_a_batch_of_posts_is_accepted_and_every_job_succeeds(api):
 
 
 def test_refused_items_leave_nothing_behind_and_the_answer_says_when_to_retry(
-        api, idle_app, monkeypatch):
+        api, idle_app, monkeypatch, submit_path):
     import tasks.demo.submit
 
     author, _ = make_following(api, followers=1)
@@ -140,7 +140,8 @@ def test_refused_items_leave_nothing_behind_and_the_answer_says_when_to_retry(
     assert (count(posts), count(timeline_entries)) == (before[0] + 3, before[1] + 3)
 
 
-def test_a_failed_store_keeps_nothing_and_fences_every_admitted_job(api, idle_app, monkeypatch):
+def test_a_failed_store_keeps_nothing_and_fences_every_admitted_job(api, idle_app, monkeypatch,
+                                                                   submit_path):
     import tasks.demo.handoff
     import tasks.demo.submit
 

@@ -7,7 +7,7 @@ import time
 import uuid
 
 import pytest
-from sqlalchemy import event, text
+from sqlalchemy import Engine, event, text
 from sqlalchemy.exc import IntegrityError
 
 from tasks.demo import jobs
@@ -29,13 +29,15 @@ GRACE_S = 2  # COMMIT_GRACE_S in conftest
 
 @contextlib.contextmanager
 def statements_seen():
+    """Every statement any engine of this process runs (the blocking one and each event
+    loop's asyncio one)."""
     seen: list[str] = []
     listener = lambda conn, cursor, statement, *a: seen.append(statement)  # noqa: E731
-    event.listen(engine(), "before_cursor_execute", listener)
+    event.listen(Engine, "before_cursor_execute", listener)
     try:
         yield seen
     finally:
-        event.remove(engine(), "before_cursor_execute", listener)
+        event.remove(Engine, "before_cursor_execute", listener)
 
 
 @contextlib.contextmanager
@@ -53,7 +55,8 @@ def tables_locked():
             conn.rollback()
 
 
-def test_a_refusal_does_no_database_work_and_needs_no_lock(api, idle_app, monkeypatch):
+def test_a_refusal_does_no_database_work_and_needs_no_lock(api, idle_app, monkeypatch,
+                                                           submit_path):
     import tasks.demo.submit
 
     author, _ = make_following(api, followers=1)
@@ -141,7 +144,7 @@ def failing_post_insert():
 
 
 def test_a_database_failure_after_admission_answers_503_and_keeps_nothing(
-        api, failing_post_insert, caplog):
+        api, failing_post_insert, caplog, submit_path):
     caplog.set_level(logging.WARNING, logger="tasks.demo.fanout")
     author, fans = make_following(api, followers=2)
     before = count(posts), count(timeline_entries)

@@ -115,7 +115,7 @@ def test_another_users_timeline_is_403_and_limits_are_checked(client, alice):
     assert client.get(f"/timelines/{name}?limit=201", headers=alice[1]).status_code == 422
 
 
-def test_a_post_is_on_its_authors_timeline_before_the_202(client, alice):
+def test_a_post_is_on_its_authors_timeline_before_the_202(client, alice, submit_path):
     name, headers = alice
     response = client.post("/posts", json={"text": "first #hello"}, headers=headers)
     assert response.status_code == 202
@@ -126,6 +126,19 @@ def test_a_post_is_on_its_authors_timeline_before_the_202(client, alice):
     assert timeline[0]["author"] == name
     job = client.get(body["status_url"], headers=headers).json()
     assert job["state"] == "queued" and job["error"] is None
+
+
+def test_a_batch_of_posts_is_on_its_authors_timeline_before_the_202(client, submit_path):
+    name, headers = signup(client, "batcher")
+    response = client.post("/posts:batch", json={"posts": [{"text": "one"}, {"text": "two"}]},
+                           headers=headers)
+    assert response.status_code == 202, response.text
+    body = response.json()
+    assert (body["accepted"], body["refused"]) == (2, 0)
+    timeline = client.get(f"/timelines/{name}", headers=headers).json()["posts"]
+    assert sorted(p["post_id"] for p in timeline) == sorted(r["post_id"] for r in body["results"])
+    for item in body["results"]:
+        assert client.get(item["status_url"], headers=headers).json()["state"] == "queued"
 
 
 def test_openapi_docs_are_served_and_name_the_bearer_scheme(client):

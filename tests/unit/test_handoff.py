@@ -1,4 +1,6 @@
-"""The handoff's fence, on the unit suite's SQLite database (tasks/handoff.py)."""
+"""The handoff's fence, on the unit suite's SQLite database (tasks/handoff.py), and its
+awaited twin (tasks/demo/handoff_async.py, through aiosqlite)."""
+import asyncio
 import time
 import uuid
 
@@ -6,7 +8,8 @@ import pytest
 from sqlalchemy.exc import IntegrityError
 
 from tasks.demo import jobs
-from tasks.demo.db import engine
+from tasks.demo import handoff_async
+from tasks.demo.db import async_url, close_async_engine, engine
 from tasks.demo.errors import StoreFailed
 from tasks.demo.handoff import admit, committed_job, store
 from tasks.demo.timeline import create_user, user_id
@@ -56,11 +59,64 @@ def test_the_worker_fences_a_job_never_committed_after_the_grace():
             jobs.get_job(conn, job_id)  # to users an abandoned job was never issued
 
 
-def test_an_admitted_post_is_stored_with_its_job(author_id):
-    accepted = store(author_id, "hello", admit())  # the two steps POST /posts takes
+def awaited(step, *args):
+    """Run one async step on a loop of its own, then close that loop's engine."""
+    async def run():
+        try:
+            return await step(*args)
+        finally:
+            await close_async_engine()
+
+    return asyncio.run(run())
+
+
+STEPS = {"threads": (admit, store), "async": (
+    lambda: awaited(handoff_async.admit), lambda *a: awaited(handoff_async.store, *a))}
+
+
+@pytest.mark.parametrize("path", STEPS)
+def test_an_admitted_post_is_stored_with_its_job(author_id, path):
+    admit_, store_ = STEPS[path]
+    accepted = store_(author_id, "hello", admit_())  # the two steps POST /posts takes
     with engine().connect() as conn:
         job = jobs.get_job(conn, accepted["job_id"])
     assert job.post_id == accepted["post_id"] and job.state == jobs.QUEUED
+
+
+@pytest.mark.parametrize("path", STEPS)
+def test_a_store_that_loses_to_a_fence_keeps_nothing_and_says_so(author_id, path):
+    job_id = str(uuid.uuid4())
+    with engine().begin() as conn:
+        jobs.fence(conn, job_id, "fanout")  # a worker gave up waiting for the commit
+        posts_before = conn.exec_driver_sql("SELECT count(*) FROM posts").scalar()
+    with pytest.raises(StoreFailed) as failed:
+        STEPS[path][1](author_id, "too late", job_id)
+    assert "nothing was kept" in str(failed.value) and failed.value.job_id == job_id
+    with engine().connect() as conn:
+        assert conn.exec_driver_sql("SELECT count(*) FROM posts").scalar() == posts_before
+
+
+@pytest.mark.parametrize("path", STEPS)
+def test_a_store_whose_commit_went_through_answers_the_stored_post(author_id, path):
+    """The store's answer was lost (here: it is run twice): the second finds the first."""
+    store_ = STEPS[path][1]
+    job_id = str(uuid.uuid4())
+    first = store_(author_id, "once", job_id)
+    assert store_(author_id, "once", job_id) == first
+
+
+@pytest.mark.parametrize("url, expected", [
+    ("postgresql+psycopg://app:pw@db:5432/floodgate", "postgresql+asyncpg://app:pw@db:5432/floodgate"),
+    ("postgresql://app@db/floodgate?sslmode=require", "postgresql+asyncpg://app@db/floodgate?ssl=require"),
+    ("sqlite:////data/floodgate.db", "sqlite+aiosqlite:////data/floodgate.db"),
+])
+def test_the_async_engine_uses_the_databases_asyncio_driver(url, expected):
+    assert async_url(url) == expected
+
+
+def test_a_database_without_an_asyncio_driver_is_named_with_the_way_out():
+    with pytest.raises(ValueError, match="API_SUBMIT_PATH=threads"):
+        async_url("mysql://app@db/floodgate")
 
 
 def test_a_failed_store_says_whether_anything_could_be_kept():

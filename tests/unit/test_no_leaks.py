@@ -2,8 +2,6 @@
 import pytest
 from sqlalchemy import create_engine
 
-from api.routes import posts as posts_route
-from celery_floodgate import BrokerUnavailable
 
 DRIVER_WORDS = ("psycopg", "OperationalError", "127.0.0.1", "sekrit-user", "sekrit-pass",
                 "connection", "Traceback")
@@ -37,12 +35,30 @@ def test_a_database_that_is_down_is_named_without_its_driver_text(client, user, 
     assert_words_only(client.get("/keys", headers=user), "the database is unreachable")
 
 
-def test_a_broker_that_is_down_is_named_without_its_driver_text(client, user, monkeypatch):
-    def refuse(*_):
-        raise BrokerUnavailable("fanout", "OperationalError: [Errno 111] Connection refused "
-                                "to amqp://sekrit-user:sekrit-pass@127.0.0.1:5672//")
+def test_a_database_down_after_admission_is_named_without_its_driver_text(client, user,
+                                                                         monkeypatch):
+    """The async path's store: asyncpg lets a refused connection through as a bare OSError."""
+    from sqlalchemy.ext.asyncio import create_async_engine
 
-    monkeypatch.setattr(posts_route, "admit", refuse)
+    dead = create_async_engine("postgresql+asyncpg://sekrit-user:sekrit-pass@127.0.0.1:1/db")
+    monkeypatch.setattr("tasks.demo.handoff_async.async_engine", lambda: dead)
+    response = client.post("/posts", json={"text": "hi"}, headers=user)
+    assert_words_only(response, "the database did not store job")
+
+
+def test_a_broker_that_is_down_is_named_without_its_driver_text(client, user, monkeypatch,
+                                                              submit_path):
+    from kombu.exceptions import OperationalError
+
+    def refuse(*_, **__):
+        raise OperationalError("[Errno 111] Connection refused "
+                               "to amqp://sekrit-user:sekrit-pass@127.0.0.1:5672//")
+
+    # Where each path meets the broker: Celery's send_task, or the library's submit_async.
+    if submit_path == "threads":
+        monkeypatch.setattr("tasks.demo.submit.app.send_task", refuse)
+    else:
+        monkeypatch.setattr("tasks.demo.handoff_async.submit_async", refuse)
     response = client.post("/posts", json={"text": "hi"}, headers=user)
     assert_words_only(response, "the message broker is unreachable")
     assert response.json()["queue"] == "fanout"
