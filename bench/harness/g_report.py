@@ -206,9 +206,4 @@ def misses(r: dict) -> str:
             f"posts/s against {_v(on.get('offered_rate_per_s'))} with the throttle (posts more "
             "than 1 s late were dropped: the clients' own CPU, every attempt a real HTTP "
             "request, on 2 shared cores). Compare per offered post.")
-    out.append(
-        "Refusals answered from the API's remembered refusal of a tenant say `reason` "
-        "`tenant` rather than `share` (`Guard.recent_refusal` maps the memo's scope "
-        "`tenant:<name>` to its prefix), so the noisy tenant's reasons are counted under "
-        "both names in the JSON.")
     return "\n\n".join(out)
