@@ -33,7 +33,10 @@ PG = "postgresql+psycopg://postgres@127.0.0.1:5432"
 NAMESPACES = {"faults": (11, f"{PREFIX}_faults"), "main": (12, f"{PREFIX}_test"),
               "guard": (14, f"{PREFIX}_guard"), "quorum": (14, f"{PREFIX}_quorum"),
               "e2e": (15, f"{PREFIX}_e2e"), "shop": (7, f"{PREFIX}_shop"),
-              "status": (6, f"{PREFIX}_status")}
+              "status": (6, f"{PREFIX}_status"),
+              # fanout=20: a vhost of its own, since a queue keeps the x-max-length it was
+              # first declared with (reset_namespace purges, it does not recreate)
+              "fair": (13, f"{PREFIX}_fair")}
 RESULTS_DB = 13
 
 

@@ -26,12 +26,12 @@ SHEDDABLE_BOUND = 10  # 50 %
 def running_api(tmp_path, **settings):
     """An API on an empty ``fanout`` of LIMIT, with these settings (fair admission on,
     whatever the suite's environment says); an httpx client on it."""
-    support.reset_namespace("e2e")
-    db = support.NAMESPACES["e2e"][0]
+    support.reset_namespace("fair")
+    db = support.NAMESPACES["fair"][0]
     settings = {"FAIR_ADMISSION": "true", "TENANT_WEIGHTS": "", "CRITICAL_USERS": "",
                 "FAIR_WATERMARK": "0.5", "FAIR_SHEDDABLE_FRACTION": "0.5",
                 "FAIR_DEFAULT_FRACTION": "0.9", **settings}
-    env = support.stack_env("e2e", "floodgate_fairness", tmp_path,
+    env = support.stack_env("fair", "floodgate_fairness", tmp_path,
                             QUEUE_LIMITS=f"fanout={LIMIT},aggregation=50,default=5000",
                             # the tenants' counts beside the broker's, emptied with it
                             METER_URL=f"{support.REDIS}/{db}", **settings)

@@ -34,12 +34,15 @@ local depth, mine, busy = 0, 0, {}
 for i = 1, nl do
   local len = redis.call('LLEN', KEYS[i])
   depth = depth + len
-  local head = tonumber(redis.call('GET', key(i, 1)) or '0') - len
-  -- Numbers at or below head have left the list: forget them (amortised O(1)).
-  redis.call('ZREMRANGEBYSCORE', key(i, 2), '-inf', head)
-  redis.call('ZREMRANGEBYSCORE', key(i, 3), '-inf', head)
-  mine = mine + redis.call('ZCARD', key(i, 3))
-  if redis.call('EXISTS', key(i, 2)) == 1 then busy[#busy + 1] = i end
+  local seq = redis.call('GET', key(i, 1))
+  if seq then  -- else nothing was ever admitted here: no sets to read (most priority lists)
+    local head = tonumber(seq) - len
+    -- Numbers at or below head have left the list: forget them (amortised O(1)).
+    redis.call('ZREMRANGEBYSCORE', key(i, 2), '-inf', head)
+    redis.call('ZREMRANGEBYSCORE', key(i, 3), '-inf', head)
+    mine = mine + redis.call('ZCARD', key(i, 3))
+    if redis.call('EXISTS', key(i, 2)) == 1 then busy[#busy + 1] = i end
+  end
 end
 
 -- The weights of the tenants holding messages, this one's included.
