@@ -6,6 +6,7 @@
     python -m bench.run_all --only peers [--broker redis] [--peers-n 20000] [--peers-rounds 3]
     python -m bench.run_all --only auth [--auth-parts micro,app,e2e,expiry,f_ab,f_full] [--quick]
     python -m bench.run_all --only g [--stack make-up,prod] [--quick]
+    python -m bench.run_all --only submit [--broker redis|amqp] [--quick]
 
 Defaults: experiments a, b, e on both brokers; c and d on Redis (d needs Redis).
 (f), the overload experiment through HTTP on whole stacks, runs only when asked
@@ -38,10 +39,17 @@ META = RESULTS / "meta.json"
 DEFAULT_BROKERS = {"a": ("redis", "amqp"), "b": ("redis", "amqp"), "c": ("redis",),
                    "d": ("redis",), "e": ("redis", "amqp"), "f": exp_f.DEFAULT_STACKS,
                    "batch": ("redis", "amqp"), "fanout": ("redis",), "growth": ("redis", "amqp"),
-                   "peers": ("redis", "amqp"), "auth": ("redis",), "g": ("make-up", "prod")}
+                   "peers": ("redis", "amqp"), "auth": ("redis",), "g": ("make-up", "prod"),
+                   # (submit), issue 21: throughput of 64 submitters on each broker, then
+                   # (f) on each stack with API_SUBMIT_PATH=async beside threads
+                   "submit": ("redis", "amqp", "make-up", "prod")}
 #: Experiments whose summaries live in bench/results/items/ and whose sections the
 #: experiment module writes (``section(result)``), appended after the generated report.
 ITEMS = ("batch", "fanout", "growth", "peers", "auth", "g")
+#: Experiments whose summaries also go to bench/results/items/ but whose RESULTS.md section
+#: is written once by hand from them (``python -m bench.experiments.exp_<name> --section``
+#: prints it), so a rerun leaves the section as it was written.
+SELF_REPORTED = ("submit",)
 ITEM_RESULTS = RESULTS / "items"
 
 
@@ -99,6 +107,10 @@ def brokers_for(exp: str, choice: str | None, stacks: str | None = None) -> tupl
         chosen = tuple(s.strip() for s in (stacks or "").split(",")
                        if s.strip() in DEFAULT_BROKERS["g"])
         return by_broker[choice] if choice else chosen or DEFAULT_BROKERS["g"]
+    if exp == "submit" and choice is None:  # --stack picks (f)'s stacks, as for (f)
+        chosen = tuple(s.strip() for s in (stacks or "").split(",") if s.strip() in
+                       DEFAULT_BROKERS["submit"])
+        return ("redis", "amqp", *chosen)
     if exp == "f":
         chosen = tuple(s.strip() for s in (stacks or "").split(",") if s.strip())
         bad = [s for s in chosen if s not in exp_f.STACKS]
@@ -209,9 +221,14 @@ def run_g(stack, quick, capacity, args=None):
     return g.run(stack, g.parse(["--quick"] if quick else []))
 
 
+def run_submit(target, quick, capacity, args=None):
+    """A broker's submission throughput (redis, amqp), or a stack's (f) by submit path."""
+    return _exp("submit").run(target, quick=quick)
+
+
 RUNNERS = {"a": run_a, "b": run_b, "c": run_c, "d": run_d, "e": run_e, "f": run_f,
            "batch": run_batch, "fanout": run_fanout, "growth": run_growth,
-           "peers": run_peers, "auth": run_auth}
+           "peers": run_peers, "auth": run_auth, "g": run_g, "submit": run_submit}
 
 
 def save(exp: str, broker: str, result: dict) -> None:
@@ -283,19 +300,23 @@ def run(args, argv, me: str) -> None:
             lock.refresh(me)
             t = time.time()
             print(f"[bench] ({exp}) on {broker} ...", flush=True)
-            if exp == "f" or exp in ITEMS:
+            if exp == "f" or exp in ITEMS or exp in SELF_REPORTED:
                 result = RUNNERS[exp](broker, args.quick, capacity, args)
             else:
                 result = RUNNERS[exp](broker, args.quick, capacity)
             result.update(wall_s=round(time.time() - t, 1), quick=args.quick)
-            if exp in ITEMS:
+            if exp in ITEMS or exp in SELF_REPORTED:
                 save_item(exp, broker, result)
             else:
                 save(exp, broker, result)
             print(f"[bench] ({exp}) on {broker} done in {result['wall_s']} s", flush=True)
-    if all(e.strip() in ITEMS for e in args.only.split(",") if e.strip()):
+    if all(e.strip() in ITEMS + SELF_REPORTED for e in args.only.split(",") if e.strip()):
         append_items()  # item runs leave the generated report and its meta as they are
         print("[bench] wrote the item sections of bench/RESULTS.md", flush=True)
+        for exp in SELF_REPORTED:
+            if exp in args.only:
+                print(f"[bench] ({exp}): its section is printed by python -m "
+                      f"bench.experiments.exp_{exp} --section", flush=True)
         return
     meta.update(machine_meta(end=True), wall_min=round((time.time() - start) / 60, 1),
                 command="python -m bench.run_all " + " ".join(argv or sys.argv[1:]))

@@ -140,7 +140,9 @@ class Settings(BaseSettings):
     )
     max_body_bytes: int = Field(default=64 * 1024, ge=1024)
     api_submit_path: Literal["async", "threads"] = Field(
-        default="async",
+        # threads until the async path meets FAULTS rows 5, 7 and 11 on RabbitMQ (a broker
+        # stopped or restarted: aio-pika's reconnects answer late or not at all)
+        default="threads",
         description="how POST /posts and POST /posts:batch admit and store: async awaits "
         "the guarded publish (celery_floodgate.aio) and the database (asyncpg, aiosqlite) on "
         "the event loop, with no thread; threads runs Celery's publish and the blocking "

@@ -14,6 +14,9 @@ until final; then item 4: one API process's refusals per second and CPU per refu
 with the fanout worker stopped (SIGSTOP) and the queue full.
 
     python -m bench.experiments.exp_f --stack make-up --duration 10      # alone, without report
+    python -m bench.experiments.exp_f --stack prod --submit-path threads  # API_SUBMIT_PATH
+
+Both paths side by side, medians of rounds: ``python -m bench.experiments.exp_submit --part f``.
 """
 from __future__ import annotations
 
@@ -45,7 +48,11 @@ FOLLOWERS = 200
 AUTHORS = 8
 PROD_VHOST = "floodgate_bench_f"
 PROD_DB = "floodgate_bench_f"
-PROD_REDIS = "redis://127.0.0.1:6379/8"
+#: Not db 8, nor 6, 7, 11, 12, 14 or 15: the test suites' (exp_g: 5, exp_submit: 3, peers: 10).
+PROD_REDIS = "redis://127.0.0.1:6379/4"
+#: How the API admits a post (API_SUBMIT_PATH): ``async`` (submit_async, the default) or
+#: ``threads`` (Celery's blocking publish in the API's store threads); None: inherited.
+SUBMIT_PATHS = ("async", "threads")
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/test"
 #: Floodgate variables the stack must not inherit from whoever runs the bench.
 _DROP = ("BROKER_URL", "RESULT_BACKEND", "DATABASE_URL", "METER_URL", "QUEUE_LIMITS",
@@ -127,7 +134,8 @@ class CpuMeter:
 class Stack:
     """``python -m config.up`` in its own process group, with this run's environment."""
 
-    def __init__(self, kind: str, limit: int, code_ref: str | None = None) -> None:
+    def __init__(self, kind: str, limit: int, code_ref: str | None = None,
+                 submit_path: str | None = None) -> None:
         self.kind, self.limit = kind, limit
         self.tmp = Path(tempfile.mkdtemp(prefix=f"floodgate_f_{kind}_"))
         code = api_server.export(code_ref, self.tmp / "code") if code_ref else ROOT
@@ -138,6 +146,9 @@ class Stack:
         env.update(QUEUE_LIMITS=f"{QUEUE}={limit}", API_PORT=str(self.port),
                    FLOWER_PORT=str(free_port()), FLOODGATE_VAR_DIR=str(self.tmp / "var"),
                    PYTHONPATH=str(code), PATH=f"{Path(PY).parent}:{env.get('PATH', '')}")
+        if submit_path:
+            env["API_SUBMIT_PATH"] = submit_path
+        self.submit_path = env.get("API_SUBMIT_PATH", "async (the default)")
         if kind == "make-up-sqlite":
             env["DATABASE_URL"] = f"sqlite:///{self.tmp}/f.db"
         if kind == "prod":
@@ -712,17 +723,18 @@ def refusal_capacity(stack: Stack, reqs: list[str], conns: int, duration_s: floa
 
 def run(stack_kind: str, limit: int = 60, duration_s: float = 60, factors=(3, 10),
         refusal_conns: int = 16, refusal_s: float = 10, pin_cpu: int | None = None,
-        code_ref: str | None = None) -> dict:
+        code_ref: str | None = None, submit_path: str | None = None) -> dict:
     t_start = time.time()
     out = {"stack": stack_kind, "limit": limit, "duration_s": duration_s,
            "commit": resolve(code_ref) if code_ref else git_commit(), "followers_per_author": FOLLOWERS,
            "authors": AUTHORS, "cores": os.cpu_count()}
-    stack = Stack(stack_kind, limit, code_ref)
+    stack = Stack(stack_kind, limit, code_ref, submit_path)
+    out["submit_path"] = stack.submit_path
     try:
         out["startup_s"] = rnd(stack.wait_healthy(), 1)
         out["banner"] = {k: re.sub(r"//[^@/]*@", "//", v) for k, v in stack.banner.items()}
         out["var_dir_env_supported"] = stack.var_dir_supported
-        log(f"{stack_kind}: healthy in {out['startup_s']} s on port {stack.port} {out['banner']}")
+        log(f"{stack_kind} (API_SUBMIT_PATH {stack.submit_path}): healthy in {out['startup_s']} s on port {stack.port} {out['banner']}")
         t = time.time()
         authors = setup_users(stack.port, f"{os.getpid() % 10000}")
         out["setup_s"] = rnd(time.time() - t, 1)
@@ -770,12 +782,15 @@ def main(argv=None) -> None:
     p.add_argument("--duration", type=float, default=60)
     p.add_argument("--pin-loadgen", type=int, default=None)
     p.add_argument("--code-ref", default=None, help="run an earlier commit's code (git archive)")
+    p.add_argument("--submit-path", choices=SUBMIT_PATHS, default=None,
+                   help="API_SUBMIT_PATH of the stack's API (default: inherited, else async)")
     args = p.parse_args(argv)
     for kind in args.stack.split(","):
         r = run(kind, limit=args.limit, duration_s=args.duration, pin_cpu=args.pin_loadgen,
-                code_ref=args.code_ref)
+                code_ref=args.code_ref, submit_path=args.submit_path)
         OUT.mkdir(parents=True, exist_ok=True)
-        name = f"f_{kind}{'_' + args.code_ref if args.code_ref else ''}.standalone.json"
+        name = (f"f_{kind}{'_' + args.code_ref if args.code_ref else ''}"
+                f"{'_' + args.submit_path if args.submit_path else ''}.standalone.json")
         (OUT / name).write_text(json.dumps(r))
         log(f"wrote bench/out/{name}")
 

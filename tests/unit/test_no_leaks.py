@@ -40,9 +40,17 @@ def test_a_database_down_after_admission_is_named_without_its_driver_text(client
     """The async path's store: asyncpg lets a refused connection through as a bare OSError."""
     from sqlalchemy.ext.asyncio import create_async_engine
 
+    from config.settings import get_settings
+
     dead = create_async_engine("postgresql+asyncpg://sekrit-user:sekrit-pass@127.0.0.1:1/db")
     monkeypatch.setattr("tasks.demo.handoff_async.async_engine", lambda: dead)
-    response = client.post("/posts", json={"text": "hi"}, headers=user)
+    monkeypatch.setenv("API_SUBMIT_PATH", "async")
+    get_settings.cache_clear()
+    try:
+        response = client.post("/posts", json={"text": "hi"}, headers=user)
+    finally:
+        monkeypatch.undo()
+        get_settings.cache_clear()
     assert_words_only(response, "the database did not store job")
 
 
