@@ -41,10 +41,9 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import celery
-from celery.utils import uuid
 
 from celery_floodgate.aio_message import Fallback, Outgoing, prepare, published, result_of
-from celery_floodgate.batch import BatchResult, _route, submit_many
+from celery_floodgate.batch import BatchResult, _route, items, submit_many
 from celery_floodgate.stats import guard_for
 
 if TYPE_CHECKING:
@@ -231,11 +230,7 @@ async def submit_many_async(app: Any, task_name: str, args_list: Sequence[Sequen
         or classes under fair admission.
     :raises BrokerUnavailable: the broker did not answer or confirm in time.
     """
-    n = len(args_list)
-    kwargs_list = list(kwargs_list) if kwargs_list is not None else [{}] * n
-    ids = list(task_ids) if task_ids is not None else [uuid() for _ in range(n)]
-    if len(kwargs_list) != n or len(ids) != n:
-        raise ValueError("args_list, kwargs_list and task_ids must have one entry per item")
+    n, kwargs_list, ids = items(args_list, kwargs_list, task_ids)
     result = BatchResult(ids=ids)
     if not n:
         return result

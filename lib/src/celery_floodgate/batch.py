@@ -47,7 +47,7 @@ from kombu.messaging import Producer
 from kombu.utils.json import dumps
 
 from celery_floodgate.errors import BrokerUnavailable, QueueFull
-from celery_floodgate.fairness import identify
+from celery_floodgate.fairness import identify_batch
 from celery_floodgate.limits import RETRY_AFTER_MAX_S
 from celery_floodgate.stats import guard_for
 from celery_floodgate.transports import LuaScript, redis_fair
@@ -139,11 +139,7 @@ def submit_many(app: Celery, task_name: str, args_list: Sequence[Sequence[Any]],
         confirm in time (then which items landed is unknown).
     :raises EtaTooFar: when a countdown is longer than the broker holds one.
     """
-    n = len(args_list)
-    kwargs_list = list(kwargs_list) if kwargs_list is not None else [{}] * n
-    ids = list(task_ids) if task_ids is not None else [uuid() for _ in range(n)]
-    if len(kwargs_list) != n or len(ids) != n:
-        raise ValueError("args_list, kwargs_list and task_ids must have one entry per item")
+    n, kwargs_list, ids = items(args_list, kwargs_list, task_ids)
     result = BatchResult(ids=ids)
     if not n:
         return result
@@ -186,6 +182,19 @@ def submit_many(app: Celery, task_name: str, args_list: Sequence[Sequence[Any]],
     gone = {i for i, _ in refused}
     result.accepted = [ids[i] for i in range(n) if i not in gone]
     return result
+
+
+def items(args_list: Sequence[Sequence[Any]],
+          kwargs_list: Sequence[Mapping[str, Any]] | None,
+          task_ids: Sequence[str] | None) -> tuple[int, list[Mapping[str, Any]], list[str]]:
+    """A batch's size, keyword arguments and ids (fresh where not given); ValueError
+    unless each list has one entry per item."""
+    n = len(args_list)
+    kwargs = list(kwargs_list) if kwargs_list is not None else [{}] * n
+    ids = list(task_ids) if task_ids is not None else [uuid() for _ in range(n)]
+    if len(kwargs) != n or len(ids) != n:
+        raise ValueError("args_list, kwargs_list and task_ids must have one entry per item")
+    return n, kwargs, ids
 
 
 def _route(app: Celery, task_name: str, queue: str | None,
@@ -300,11 +309,7 @@ def _admit_fair(guard: Guard, client: Any, qname: str, lists: list[str], bound: 
                 ) -> list[tuple[int, QueueFull]]:
     """`_admit_redis` with shares and classes (`celery_floodgate.transports.redis_fair`):
     a batch is one tenant's, of one class."""
-    who = {identify(message["headers"]) for message, _, _ in kept}
-    if len(who) != 1:
-        raise ValueError("a batch must be one tenant's and of one criticality class; "
-                         f"this one names {sorted(who)}")
-    ((tenant, criticality),) = who
+    tenant, criticality = identify_batch(message["headers"] for message, _, _ in kept)
     refused: list[tuple[int, QueueFull]] = []
     for start in range(0, len(payload), SCRIPT_MESSAGES):
         part = payload[start:start + SCRIPT_MESSAGES]
@@ -380,11 +385,8 @@ def _publish_confirmed(guard: Guard, conn: Connection, channel: Any, qname: str,
         guard.check_eta(qname, headers.get("eta"))
         headers.setdefault(SENT_AT_HEADER, now)
     if tenancy is not None:
-        who = {identify(message.properties["application_headers"]) for message, _, _ in kept}
-        if len(who) != 1:
-            raise ValueError("a batch must be one tenant's and of one criticality class; "
-                             f"this one names {sorted(who)}")
-        ((tenant, criticality),) = who
+        tenant, criticality = identify_batch(
+            message.properties["application_headers"] for message, _, _ in kept)
         bound = guard.length_bound(limit)
         reservation = tenancy.reserve(qname, tenant, criticality, bound, n=len(kept))
         epoch = reservation.epoch

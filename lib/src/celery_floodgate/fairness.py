@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -201,4 +201,19 @@ def identify(headers: dict[str, Any]) -> tuple[str, str]:
     criticality = headers.get(CLASS_HEADER) or _class.get() or DEFAULT
     headers[TENANT_HEADER] = check_tenant(tenant)
     headers[CLASS_HEADER] = check_class(criticality)
+    return tenant, criticality
+
+
+def identify_batch(all_headers: Iterable[dict[str, Any]]) -> tuple[str, str]:
+    """The (tenant, class) of a batch (`identify` on each message's headers); a batch is
+    one tenant's, of one class, else ValueError with a sentence."""
+    return one_identity({identify(headers) for headers in all_headers})
+
+
+def one_identity(who: set[tuple[str, str]]) -> tuple[str, str]:
+    """The one (tenant, class) in ``who``; ValueError naming them if there are several."""
+    if len(who) != 1:
+        raise ValueError("a batch must be one tenant's and of one criticality class; "
+                         f"this one names {sorted(who)}")
+    ((tenant, criticality),) = who
     return tenant, criticality

@@ -25,7 +25,7 @@ from aiormq.abc import ConfirmationFrameType
 
 from celery_floodgate.aio_message import Outgoing
 from celery_floodgate.errors import BrokerUnavailable, QueueFull
-from celery_floodgate.fairness import identify
+from celery_floodgate.fairness import identify, identify_batch
 from celery_floodgate.tenants import EPOCH_HEADER, Reservation, tenancy_of
 from celery_floodgate.transports.aio_redis import to_the_end
 from celery_floodgate.transports.redis import SENT_AT_HEADER
@@ -194,11 +194,7 @@ class AmqpPublisher:
         meter_refused: QueueFull | None = None
         sent = outs
         if tenancy is not None:
-            who = {identify(out.headers) for out in outs}
-            if len(who) != 1:
-                raise ValueError("a batch must be one tenant's and of one criticality class; "
-                                 f"this one names {sorted(who)}")
-            ((tenant, criticality),) = who
+            tenant, criticality = identify_batch(out.headers for out in outs)
             reservation = await self._reserve(queue, limit, tenant, criticality, len(outs))
             epoch = reservation.epoch
             if not reservation.admit:

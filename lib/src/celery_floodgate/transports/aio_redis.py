@@ -33,7 +33,7 @@ from redis.exceptions import NoScriptError
 
 from celery_floodgate.aio_message import Fallback, Outgoing
 from celery_floodgate.errors import BrokerUnavailable, QueueFull
-from celery_floodgate.fairness import identify
+from celery_floodgate.fairness import identify, one_identity
 from celery_floodgate.limits import RATE_CACHE_S, RETRY_AFTER_MAX_S
 from celery_floodgate.transports import LuaScript, broker_id, redis_fair
 from celery_floodgate.transports.redis import ADMIT, SENT_AT_HEADER
@@ -317,10 +317,7 @@ class RedisAdmitter:
         from celery_floodgate.batch import _same
 
         guard = self.guard
-        if len(who) != 1:
-            raise ValueError("a batch must be one tenant's and of one criticality class; "
-                             f"this one names {sorted(who)}")
-        ((tenant, criticality),) = who
+        tenant, criticality = one_identity(who)
         refused: list[tuple[int, QueueFull]] = []
         for start in range(0, len(payload), SCRIPT_MESSAGES):
             part = payload[start:start + SCRIPT_MESSAGES]
